@@ -1,0 +1,56 @@
+# The two commands a fresh clone needs: `make demo` and `make test`.
+# Everything else depends on `install`, which is idempotent (a stamp file records it).
+
+SHELL := bash
+.SHELLFLAGS := -o pipefail -ec
+PYTHON ?= python3
+# pip warns once per package about the machine's extra local indexes; that noise hides real errors.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install-stamp
+BUNDLE ?= bundles/brats_mri_segmentation
+# torch first: pip finds the local CPU wheel here and the CUDA build on a GPU machine;
+# installing the package first would let a dependency resolve torch to the newest CUDA build.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install demo test test-slow lint bench train mlflow-ui clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PIN) $(QUIET_PIP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' $(QUIET_PIP)
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/tumorseg demo --workdir demo
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+test: install lint
+	$(VENV)/bin/pytest -m "not slow" -q
+
+test-slow: install
+	$(VENV)/bin/pytest -m slow -q
+
+bench: install
+	$(PY) benchmarks/run.py
+
+train: install
+	$(PY) -m monai.bundle run training \
+	  --meta_file $(BUNDLE)/configs/metadata.json \
+	  --config_file $(BUNDLE)/configs/train.json \
+	  --logging_file $(BUNDLE)/configs/logging.conf \
+	  --bundle_root $(BUNDLE) $(ARGS)
+
+mlflow-ui: install
+	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $${PORT:-5000} \
+	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts
+
+clean:
+	rm -rf demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from tumorseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,250 @@
+"""Checkpoints that survive a kill, resume from them, and early stopping on validation.
+
+MONAI's ``CheckpointSaver`` writes in place (non-atomic), so a kill during a save can leave a
+truncated newest checkpoint; :class:`Checkpointer` writes to a temporary file and renames it,
+so ``checkpoint_latest.pt`` is always either the previous or the new complete state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = [
+    "Checkpointer",
+    "EarlyStopOnValidation",
+    "atomic_torch_save",
+    "is_rank0",
+    "load_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+LATEST = "checkpoint_latest.pt"
+BEST = "model.pt"
+
+
+def is_rank0() -> bool:
+    """True outside distributed runs and on global rank 0: the one process that writes."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return bool(torch.distributed.get_rank() == 0)
+    return True
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a clear error names a bad file.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file is not a readable checkpoint (truncated, not torch, pickled code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for corrupt or unsafe files
+        raise ValueError(
+            f"cannot load checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0]}"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+class Checkpointer:
+    """Save the latest training state each epoch, the best model on validation, and resume.
+
+    Attach to the trainer *after* the ``ValidationHandler`` (handler order in ``train.json``),
+    so the validation of an epoch has run when this handler looks at its metric.
+
+    Args:
+        save_dir: folder of ``checkpoint_latest.pt`` (full state) and ``model.pt`` (best
+            network weights only, the model-zoo convention).
+        save_dict: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer,
+            lr scheduler, trainer ...).
+        validator: the evaluator whose key metric selects the best model; None saves no best.
+        key_metric: name of the metric in ``validator.state.metrics`` (higher is better).
+        resume: load ``checkpoint_latest.pt`` when it exists at the start of training.
+        map_location: ``torch.load`` map location when resuming.
+        save_interval: save the latest state every this many epochs.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        *,
+        validator: Engine | None = None,
+        key_metric: str = "val_mean_dice",
+        resume: bool = True,
+        map_location: Any = "cpu",
+        save_interval: int = 1,
+    ) -> None:
+        if save_interval < 1:
+            raise ValueError(f"save_interval must be >= 1, got {save_interval}")
+        self.save_dir = Path(save_dir)
+        self.save_dict = dict(save_dict)
+        self.validator = validator
+        self.key_metric = key_metric
+        self.resume = resume
+        self.map_location = map_location
+        self.save_interval = save_interval
+        self.best_metric = -float("inf")
+        self.best_metric_epoch = -1
+        self.resumed_from: Path | None = None
+
+    @property
+    def latest_path(self) -> Path:
+        return self.save_dir / LATEST
+
+    @property
+    def best_path(self) -> Path:
+        return self.save_dir / BEST
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._resume)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_metric": self.best_metric, "best_metric_epoch": self.best_metric_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best_metric = float(state["best_metric"])
+        self.best_metric_epoch = int(state["best_metric_epoch"])
+
+    def _resume(self, engine: Engine) -> None:
+        if not (self.resume and self.latest_path.exists()):
+            return
+        state = load_checkpoint(self.latest_path, map_location=self.map_location)
+        missing = sorted(set(self.save_dict) - set(state))
+        if missing:
+            raise ValueError(
+                f"checkpoint {self.latest_path} lacks {missing}; it was not written by this "
+                "bundle's trainer. Move it away or set resume=false."
+            )
+        max_epochs = engine.state.max_epochs
+        for name, obj in self.save_dict.items():
+            obj.load_state_dict(state[name])
+        if "checkpointer" in state:
+            self.load_state_dict(state["checkpointer"])
+        # The checkpoint restores the old max_epochs; a resumed run may ask for more epochs.
+        engine.state.max_epochs = max_epochs
+        if self.validator is not None and self.best_metric_epoch >= 0:
+            self.validator.state.best_metric = self.best_metric
+            self.validator.state.best_metric_epoch = self.best_metric_epoch
+        self.resumed_from = self.latest_path
+        logger.info(
+            "resumed from %s at epoch %d (best %s %.4f at epoch %d)",
+            self.latest_path,
+            engine.state.epoch,
+            self.key_metric,
+            self.best_metric,
+            self.best_metric_epoch,
+        )
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        if self.validator is not None and self.validator.state.epoch == epoch:
+            value = self.validator.state.metrics.get(self.key_metric)
+            if value is not None and float(value) > self.best_metric:
+                self.best_metric, self.best_metric_epoch = float(value), epoch
+                if is_rank0():
+                    network = _unwrap(self.save_dict.get("network", self.save_dict.get("model")))
+                    if network is not None:
+                        atomic_torch_save(network.state_dict(), self.best_path)
+                        logger.info(
+                            "epoch %d: new best %s %.4f -> %s",
+                            epoch,
+                            self.key_metric,
+                            value,
+                            self.best_path,
+                        )
+        if epoch % self.save_interval == 0 or epoch == engine.state.max_epochs:
+            if is_rank0():
+                state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+                state["checkpointer"] = self.state_dict()
+                atomic_torch_save(state, self.latest_path)
+
+
+def _unwrap(network: Any) -> Any:
+    """The bare module of a DDP / DataParallel wrapper, so weights load without ``module.``."""
+    return getattr(network, "module", network)
+
+
+class EarlyStopOnValidation:
+    """Stop training when the validation key metric has not improved for ``patience`` rounds.
+
+    Attach to the trainer after the ``ValidationHandler``.
+
+    Args:
+        validator: the evaluator run by the ``ValidationHandler``.
+        patience: validation rounds without improvement before stopping; 0 disables.
+        key_metric: metric name in ``validator.state.metrics`` (higher is better).
+        min_delta: smallest change that counts as an improvement.
+    """
+
+    def __init__(
+        self,
+        validator: Engine,
+        *,
+        patience: int = 0,
+        key_metric: str = "val_mean_dice",
+        min_delta: float = 0.0,
+    ) -> None:
+        if patience < 0:
+            raise ValueError(f"patience must be >= 0, got {patience}")
+        self.validator = validator
+        self.patience = patience
+        self.key_metric = key_metric
+        self.min_delta = min_delta
+        self.best = -float("inf")
+        self.bad_rounds = 0
+
+    def attach(self, engine: Engine) -> None:
+        if self.patience > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.validator.state.epoch != engine.state.epoch:
+            return  # no validation this epoch
+        value = self.validator.state.metrics.get(self.key_metric)
+        if value is None:
+            return
+        if float(value) > self.best + self.min_delta:
+            self.best, self.bad_rounds = float(value), 0
+            return
+        self.bad_rounds += 1
+        if self.bad_rounds >= self.patience:
+            logger.info(
+                "early stop at epoch %d: %s has not improved on %.4f for %d validations",
+                engine.state.epoch,
+                self.key_metric,
+                self.best,
+                self.patience,
+            )
+            engine.terminate()

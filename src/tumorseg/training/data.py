@@ -1,0 +1,123 @@
+"""Which cases a bundle trains, validates and infers on.
+
+The bundle configs declare ``dataset_dir``, ``datalist`` and ``fold``; :class:`BundleData`
+turns them into MONAI datalists through the one discovery module, so a manifest file, a bare
+dataset folder and the built-in synthetic demo set all go through the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BundleData", "DEMO_DATASET"]
+
+logger = logging.getLogger(__name__)
+
+#: The synthetic set a bundle generates when no dataset is given.
+DEMO_DATASET: dict[str, Any] = {
+    "num_cases": 24,
+    "shape": (64, 64, 64),
+    "seed": 2021,
+    "layout": "brats2021",
+    "num_unlabelled": 0,
+}
+
+
+class BundleData:
+    """Resolve a bundle's data settings once, then hand out splits.
+
+    Args:
+        dataset_dir: root of the dataset; empty means the synthetic demo set in ``demo_dir``.
+        datalist: a manifest JSON (see :mod:`tumorseg.data.manifest`); empty means discover
+            the cases of ``dataset_dir`` on the fly.
+        fold: validation fold; the other folds train. ``-1`` trains on every labelled case.
+        num_folds: folds used when discovering on the fly.
+        demo_dir: where the demo set is generated when ``dataset_dir`` is empty.
+        label_convention: override the convention recorded by the manifest / layout.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset_dir: str | os.PathLike = "",
+        datalist: str | os.PathLike = "",
+        fold: int = 0,
+        num_folds: int = 5,
+        demo_dir: str | os.PathLike = "",
+        label_convention: str = "",
+    ) -> None:
+        self.fold: int | None = None if int(fold) < 0 else int(fold)
+        self.num_folds = int(num_folds)
+        self.datalist = str(datalist or "")
+        if not str(dataset_dir or "") and not self.datalist:
+            if not str(demo_dir or ""):
+                raise ValueError("no dataset_dir, datalist or demo_dir given: nothing to train on")
+            dataset_dir = ensure_demo_dataset(demo_dir)
+        self.dataset_dir = str(dataset_dir or "")
+        if self.dataset_dir and not Path(self.dataset_dir).is_dir():
+            raise FileNotFoundError(
+                f"dataset_dir {self.dataset_dir!r} is not a folder; pass --dataset_dir "
+                "pointing at your BraTS / MSD copy"
+            )
+        self._manifest: dict[str, Any] | None = None
+        if self.datalist:
+            from tumorseg.data.manifest import load_manifest
+
+            self._manifest = load_manifest(self.datalist)
+        self._label_convention = label_convention
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest, loaded from ``datalist`` or built (without validation) from the folder."""
+        if self._manifest is None:
+            from tumorseg.data.manifest import build_manifest
+
+            self._manifest = build_manifest(
+                self.dataset_dir, num_folds=self.num_folds, validate=False
+            )
+        return self._manifest
+
+    @property
+    def label_convention(self) -> str:
+        """The label convention of the data: explicit override, else the manifest's."""
+        return self._label_convention or str(self.manifest["label_convention"])
+
+    def files(self, split: str, *, images_only: bool = False) -> list[dict[str, Any]]:
+        """Items of ``split`` (``train``, ``val``, ``test``, ``all``) with absolute paths.
+
+        Args:
+            split: which items.
+            images_only: drop the label (inference reads only the images).
+        """
+        from tumorseg.data.manifest import load_datalist
+
+        root = self.dataset_dir or None
+        items = load_datalist(self.manifest, dataset_dir=root, fold=self.fold, split=split)
+        if images_only:
+            items = [{k: v for k, v in item.items() if k != "label"} for item in items]
+        if not items and split in ("train", "val"):
+            logger.warning("split %r of fold %s is empty", split, self.fold)
+        return items
+
+
+def ensure_demo_dataset(demo_dir: str | os.PathLike) -> str:
+    """Generate the synthetic demo set in ``demo_dir`` unless a complete one is already there.
+
+    A marker file written last records the settings, so an interrupted generation (no marker)
+    is redone rather than trained on half-written.
+    """
+    from tumorseg.data.synthetic import generate_dataset
+
+    demo_dir = Path(demo_dir)
+    marker = demo_dir / ".tumorseg_demo.json"
+    settings = json.dumps(DEMO_DATASET, sort_keys=True, default=list)
+    if marker.exists() and marker.read_text() == settings:
+        return str(demo_dir)
+    logger.info("generating the synthetic demo set in %s", demo_dir)
+    generate_dataset(demo_dir, overwrite=True, **DEMO_DATASET)
+    marker.write_text(settings)
+    return str(demo_dir)
