@@ -39,7 +39,7 @@ test-slow: install
 	$(VENV)/bin/pytest -m slow -q
 
 bench: install
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(BENCH)
 
 train: install
 	$(PY) -m monai.bundle run training \

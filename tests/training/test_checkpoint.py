@@ -36,9 +36,7 @@ def _loop(scores: list[float], ckpt_dir: Path, *, max_epochs: int, patience: int
         validator.state.epoch = engine.state.epoch
         validator.state.metrics = {"val_mean_dice": scores[engine.state.epoch - 1]}
 
-    saver = Checkpointer(
-        ckpt_dir, {"network": net, "optimizer": opt, "trainer": trainer}, validator=validator
-    )
+    saver = Checkpointer(ckpt_dir, {"network": net, "optimizer": opt}, validator=validator)
     saver.attach(trainer)
     EarlyStopOnValidation(validator, patience=patience).attach(trainer)
     data = [torch.ones(4, 2)] * 3

@@ -86,7 +86,8 @@ class Checkpointer:
         save_dir: folder of ``checkpoint_latest.pt`` (full state) and ``model.pt`` (best
             network weights only, the model-zoo convention).
         save_dict: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer,
-            lr scheduler, trainer ...).
+            lr scheduler ...). The engine this handler is attached to is added as ``trainer``
+            (a config cannot name the trainer inside its own handler list: circular reference).
         validator: the evaluator whose key metric selects the best model; None saves no best.
         key_metric: name of the metric in ``validator.state.metrics`` (higher is better).
         resume: load ``checkpoint_latest.pt`` when it exists at the start of training.
@@ -127,6 +128,7 @@ class Checkpointer:
         return self.save_dir / BEST
 
     def attach(self, engine: Engine) -> None:
+        self.save_dict.setdefault("trainer", engine)
         engine.add_event_handler(Events.STARTED, self._resume)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
 

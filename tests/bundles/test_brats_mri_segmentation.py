@@ -1,0 +1,173 @@
+"""The 3D bundle through MONAI's own entry points, on tiny synthetic data.
+
+``python -m monai.bundle run training`` trains and validates, writes the best model and an
+atomic latest checkpoint, logs one MLflow run, resumes after an interruption; ``evaluate.json``
+scores the best model; MONAI's ``verify_net_in_out`` accepts the network; the real studies go
+through the bundle's preprocessing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tumorseg.data.synthetic import generate_dataset
+from tumorseg.training import load_checkpoint
+
+CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_segmentation" / "configs"
+
+# Small enough for two CPU cores: 32^3 volumes, a narrow network, two epochs.
+TINY = {
+    "roi_size": [32, 32, 32],
+    "filters": [4, 8, 16, 32, 32],
+    "batch_size": 1,
+    "num_samples": 1,
+    "num_workers": 0,
+    "cache_rate": 1.0,
+    "num_folds": 3,
+    "sw_batch_size": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bundle_data")
+    generate_dataset(root, num_cases=6, shape=(32, 32, 32), seed=3, layout="brats2023")
+    return root
+
+
+def _overrides(dataset: Path, work: Path, **more: Any) -> dict[str, Any]:
+    return {
+        **TINY,
+        "bundle_root": str(CONFIGS.parent),
+        "dataset_dir": str(dataset),
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work / "eval"),
+        "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+        "experiment_name": "bundle-test",
+        **more,
+    }
+
+
+def _cli(workflow: str, configs: list[str], overrides: dict[str, Any]) -> list[str]:
+    files = [str(CONFIGS / c) for c in configs]
+    config = files[0] if len(files) == 1 else str(files)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", workflow]
+    cmd += ["--meta_file", str(CONFIGS / "metadata.json"), "--config_file", config]
+    cmd += ["--logging_file", str(CONFIGS / "logging.conf")]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value).replace(" ", "")]
+    return cmd
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("bundle_run")
+    _run(_cli("training", ["train.json"], _overrides(dataset, work, epochs=2)), work)
+    return work
+
+
+def test_training_writes_best_and_latest_checkpoints(trained: Path) -> None:
+    latest = load_checkpoint(trained / "models" / "checkpoint_latest.pt")
+    assert {"network", "optimizer", "lr_scheduler", "trainer", "checkpointer"} <= set(latest)
+    assert latest["trainer"]["iteration"] > 0
+    best = load_checkpoint(trained / "models" / "model.pt")
+    assert all(torch.is_tensor(v) for v in best.values())
+    assert not list((trained / "models").glob("*.tmp"))
+
+
+def test_training_logs_exactly_one_mlflow_run(trained: Path) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{trained / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bundle-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["network"] == "dynunet"
+    assert run.data.params["label_convention"] == "brats2023"
+    history = client.get_metric_history(run.info.run_id, "val_mean_dice")
+    assert [m.step for m in history] == [1, 2]
+    assert 0.0 <= history[-1].value <= 1.0
+    assert client.get_metric_history(run.info.run_id, "train_loss")
+
+
+def test_resume_after_kill_continues_from_latest_checkpoint(dataset: Path, tmp_path: Path) -> None:
+    # fold 0 of 3 holds out 2 of the 6 cases: 4 iterations per epoch at batch size 1.
+    per_epoch = 4
+    latest = tmp_path / "models" / "checkpoint_latest.pt"
+    cmd = _cli("training", ["train.json"], _overrides(dataset, tmp_path, epochs=50, log_mlflow=False))
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not latest.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    _, err = proc.communicate()
+    assert latest.exists(), err.decode()[-3000:]
+    # The kill may land mid-save: the file present is then the previous complete one.
+    done = load_checkpoint(latest)["trainer"]["iteration"]
+    assert done % per_epoch == 0 and done >= per_epoch
+
+    epochs = done // per_epoch + 1
+    overrides = _overrides(dataset, tmp_path, epochs=epochs, log_mlflow=False)
+    out = _run(_cli("training", ["train.json"], overrides), tmp_path)
+    assert "resumed from" in out.stdout + out.stderr
+    assert load_checkpoint(latest)["trainer"]["iteration"] == epochs * per_epoch
+
+
+def test_evaluate_workflow_scores_the_best_model(dataset: Path, trained: Path) -> None:
+    overrides = _overrides(dataset, trained, log_mlflow=False)
+    _run(_cli("evaluating", ["train.json", "evaluate.json"], overrides), trained)
+    report = (trained / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert len(report) == 1 + 2  # header + the 2 validation cases of fold 0
+    assert (trained / "eval" / "metrics.csv").read_text().count("val_dice_") == 3
+
+
+def test_verify_net_in_out_accepts_the_network(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def"]
+    cmd += ["--meta_file", str(CONFIGS / "metadata.json")]
+    cmd += ["--config_file", str(CONFIGS / "train.json"), "--n", "2"]
+    cmd += ["--filters", "[4,8,16,32,32]", "--device", "cpu"]
+    out = _run(cmd, tmp_path)
+    assert "verified with no error" in out.stdout + out.stderr
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("layout", ["brats2020_layout", "brats2023_layout"])
+def test_real_studies_go_through_the_bundle_preprocessing(shared_data: Path, layout: str) -> None:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser["dataset_dir"] = str(shared_data / layout)
+    data = parser.get_parsed_content("data")
+    items = data.files("all")
+    assert len(items) == 1
+    out = parser.get_parsed_content("validate#preprocessing")(items[0])
+    image = out["image"]
+    assert image.shape[0] == 4
+    # Cropped to the brain's bounding box, smaller than the 240x240x155 canvas.
+    assert all(s <= c for s, c in zip(image.shape[1:], (240, 240, 155), strict=True))
+    assert abs(float(image[0][image[0] != 0].mean())) < 0.1  # non-zero z-score
+    if layout == "brats2020_layout":
+        regions = out["label"]
+        assert regions.shape == (3, *image.shape[1:])
+        assert regions[0].sum() > 1000  # whole tumour present
+        assert regions[2].sum() == 0  # this study has no enhancing tumour (README)
+    else:
+        assert "label" not in out
