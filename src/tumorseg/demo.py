@@ -109,7 +109,9 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
     shape = (settings.size,) * 3
     t0 = time.perf_counter()
 
-    _say(f"[1/5] synthesising {settings.num_train} training + {settings.num_heldout} held-out cases")
+    _say(
+        f"[1/5] synthesising {settings.num_train} training + {settings.num_heldout} held-out cases"
+    )
     train_dir, heldout_dir = work / "data" / "train", work / "data" / "heldout"
     generate_dataset(
         train_dir, num_cases=settings.num_train, shape=shape, seed=settings.seed, overwrite=True
@@ -126,7 +128,10 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
     write_manifest(manifest, work / "manifest.json")
 
     overrides = settings.bundle_overrides()
-    _say("[2/5] training; the same run from the shell:\n" + training_command(settings.bundle, overrides))
+    _say(
+        "[2/5] training; the same run from the shell:\n"
+        + training_command(settings.bundle, overrides)
+    )
     run_name = _train(cfg, overrides)
 
     _say("[3/5] segmenting the held-out folder")
@@ -211,4 +216,3 @@ def _log_heldout(overrides: dict[str, Any], run_name: str, scores: dict[str, flo
         return
     for key, value in scores.items():
         client.log_metric(runs[0].info.run_id, f"heldout_dice_{key.lower()}", value)
-

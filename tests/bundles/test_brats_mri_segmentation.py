@@ -111,7 +111,9 @@ def test_resume_after_kill_continues_from_latest_checkpoint(dataset: Path, tmp_p
     # fold 0 of 3 holds out 2 of the 6 cases: 4 iterations per epoch at batch size 1.
     per_epoch = 4
     latest = tmp_path / "models" / "checkpoint_latest.pt"
-    cmd = _cli("training", ["train.json"], _overrides(dataset, tmp_path, epochs=50, log_mlflow=False))
+    cmd = _cli(
+        "training", ["train.json"], _overrides(dataset, tmp_path, epochs=50, log_mlflow=False)
+    )
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not latest.exists() and time.monotonic() < deadline and proc.poll() is None:

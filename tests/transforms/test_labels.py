@@ -17,8 +17,18 @@ from tumorseg.transforms import (
 # One voxel per class; regions written out by hand from each dataset's definition.
 # brats2021: 1 NCR, 2 ED, 4 ET; brats2023: 1 NCR, 2 ED, 3 ET; msd: 1 ED, 2 NCR, 3 ET.
 HAND = {
-    "brats2021": {"labels": [0, 1, 2, 4], "WT": [0, 1, 1, 1], "TC": [0, 1, 0, 1], "ET": [0, 0, 0, 1]},
-    "brats2023": {"labels": [0, 1, 2, 3], "WT": [0, 1, 1, 1], "TC": [0, 1, 0, 1], "ET": [0, 0, 0, 1]},
+    "brats2021": {
+        "labels": [0, 1, 2, 4],
+        "WT": [0, 1, 1, 1],
+        "TC": [0, 1, 0, 1],
+        "ET": [0, 0, 0, 1],
+    },
+    "brats2023": {
+        "labels": [0, 1, 2, 3],
+        "WT": [0, 1, 1, 1],
+        "TC": [0, 1, 0, 1],
+        "ET": [0, 0, 0, 1],
+    },
     "msd": {"labels": [0, 1, 2, 3], "WT": [0, 1, 1, 1], "TC": [0, 0, 1, 1], "ET": [0, 0, 0, 1]},
 }
 
@@ -63,7 +73,9 @@ def test_torch_and_metatensor_keep_type_and_meta() -> None:
 
 
 def test_illegal_values_name_the_file_and_values() -> None:
-    label = MetaTensor(torch.tensor([[[[0, 4], [3, 7]]]]), meta={"filename_or_obj": "/d/c_seg.nii.gz"})
+    label = MetaTensor(
+        torch.tensor([[[[0, 4], [3, 7]]]]), meta={"filename_or_obj": "/d/c_seg.nii.gz"}
+    )
     with pytest.raises(ValueError, match=r"c_seg\.nii\.gz.*\[3, 7\].*brats2021"):
         LabelsToRegionsd("label", "brats2021")({"label": label})
 

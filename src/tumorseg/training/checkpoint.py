@@ -157,8 +157,9 @@ class Checkpointer:
         # The checkpoint restores the old max_epochs; a resumed run may ask for more epochs.
         engine.state.max_epochs = max_epochs
         if self.validator is not None and self.best_metric_epoch >= 0:
-            self.validator.state.best_metric = self.best_metric
-            self.validator.state.best_metric_epoch = self.best_metric_epoch
+            # MONAI's evaluator keeps its best metric on the ignite state; restore it too.
+            setattr(self.validator.state, "best_metric", self.best_metric)  # noqa: B010
+            setattr(self.validator.state, "best_metric_epoch", self.best_metric_epoch)  # noqa: B010
         self.resumed_from = self.latest_path
         logger.info(
             "resumed from %s at epoch %d (best %s %.4f at epoch %d)",
@@ -186,11 +187,11 @@ class Checkpointer:
                             value,
                             self.best_path,
                         )
-        if epoch % self.save_interval == 0 or epoch == engine.state.max_epochs:
-            if is_rank0():
-                state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
-                state["checkpointer"] = self.state_dict()
-                atomic_torch_save(state, self.latest_path)
+        due = epoch % self.save_interval == 0 or epoch == engine.state.max_epochs
+        if due and is_rank0():
+            state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
+            state["checkpointer"] = self.state_dict()
+            atomic_torch_save(state, self.latest_path)
 
 
 def _unwrap(network: Any) -> Any:

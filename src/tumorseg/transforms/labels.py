@@ -32,7 +32,9 @@ ArrayLike = Any  # np.ndarray | torch.Tensor (MetaTensor included)
 def _strip_channel(label: ArrayLike) -> ArrayLike:
     """The spatial map of a channel-first ``(1, *spatial)`` label (MONAI's layout)."""
     if label.ndim < 2 or label.shape[0] != 1:
-        raise ValueError(f"expected a channel-first label of shape (1, ...), got {tuple(label.shape)}")
+        raise ValueError(
+            f"expected a channel-first label of shape (1, ...), got {tuple(label.shape)}"
+        )
     return label[0]
 
 
@@ -70,7 +72,9 @@ def labels_to_regions(
         if hasattr(label, "meta"):
             from monai.data import MetaTensor
 
-            out = MetaTensor(out, meta=dict(label.meta), applied_operations=label.applied_operations)
+            out = MetaTensor(
+                out, meta=dict(label.meta), applied_operations=label.applied_operations
+            )
         return out
     return np.stack([np.isin(lab, conv.region_values(r)) for r in REGIONS]).astype(np.uint8)
 
@@ -197,4 +201,3 @@ class RegionsToLabelsd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
         return d
-
