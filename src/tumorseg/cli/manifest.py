@@ -1,0 +1,136 @@
+"""`tumorseg manifest`: build a dataset manifest, or check a copy of a dataset against one."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["parse_modality_suffixes", "register", "run"]
+
+_LAYOUT_CHOICES = ("brats2021", "brats2023", "msd")
+
+
+def parse_modality_suffixes(text: str) -> dict[str, str]:
+    """Parse ``flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2`` into a dict.
+
+    Raises:
+        ValueError: an entry without ``=``, showing the text received.
+    """
+    mapping: dict[str, str] = {}
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        key, sep, value = entry.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(
+                f"--modality-suffixes entry {entry!r} is not MODALITY=SUFFIX "
+                f"(got {text!r}; example flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2)"
+            )
+        mapping[key.strip().lower()] = value.strip()
+    return mapping
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``manifest`` verb to the ``tumorseg`` parser."""
+    parser = subparsers.add_parser(
+        "manifest",
+        help="list, check and fold the cases of a dataset folder into a manifest JSON",
+        description=(
+            "Discover the cases of DATASET_DIR (BraTS 2018-2021, BraTS 2023+ or MSD Task01 "
+            "layout, or custom suffixes), check every file, assign patient-level folds and "
+            "write a manifest. Exits 2 listing every bad case unless --skip-bad."
+        ),
+    )
+    parser.add_argument("dataset_dir", metavar="DATASET_DIR", help="dataset folder")
+    parser.add_argument("-o", "--output", help="manifest file to write (required unless --check)")
+    parser.add_argument("--layout", choices=_LAYOUT_CHOICES, help="file layout (default: detect)")
+    parser.add_argument(
+        "--label-convention",
+        help="label values: brats2021, brats2023 or msd (default: the layout's)",
+    )
+    parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
+    parser.add_argument("--seed", type=int, default=0, help="fold seed (0)")
+    parser.add_argument(
+        "--skip-bad", action="store_true", help="leave bad cases out (listed under 'skipped')"
+    )
+    parser.add_argument(
+        "--modality-suffixes",
+        metavar="MAP",
+        help="custom file naming, e.g. flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2",
+    )
+    parser.add_argument("--label-suffix", help="suffix of the label maps (default: _seg / -seg)")
+    parser.add_argument("--name", help="manifest name (default: the folder name)")
+    parser.add_argument("--description", help="manifest description")
+    parser.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="only check that the files exist, do not open them (fast)",
+    )
+    parser.add_argument(
+        "--check",
+        metavar="MANIFEST",
+        help="instead of building, check that DATASET_DIR holds every case of MANIFEST",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _fold_sizes(manifest: dict[str, Any]) -> str:
+    sizes = [0] * int(manifest["num_folds"])
+    for item in manifest["training"]:
+        sizes[item["fold"]] += 1
+    return " ".join(f"{fold}:{n}" for fold, n in enumerate(sizes))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the verb; returns the exit code (bad datasets raise ``DatasetError``, exit 2)."""
+    from tumorseg.data.discovery import DatasetError
+    from tumorseg.data.manifest import (
+        build_manifest,
+        validate_manifest_against,
+        write_manifest,
+    )
+
+    progress = not args.no_progress
+    if args.check:
+        problems = validate_manifest_against(
+            args.dataset_dir, args.check, check_readable=not args.no_validate, progress=progress
+        )
+        if problems:
+            raise DatasetError(
+                problems,
+                message=f"{args.dataset_dir} does not match {args.check}: {len(problems)} "
+                f"problem(s) in {len({p.case_id for p in problems})} case(s):",
+            )
+        print(f"{args.dataset_dir} holds every case of {args.check}")
+        return 0
+    if not args.output:
+        raise ValueError("-o/--output is required (the manifest file to write), or use --check")
+
+    suffixes = parse_modality_suffixes(args.modality_suffixes) if args.modality_suffixes else None
+    manifest = build_manifest(
+        args.dataset_dir,
+        layout=args.layout,
+        label_convention=args.label_convention,
+        num_folds=args.folds,
+        seed=args.seed,
+        skip_bad=args.skip_bad,
+        validate=not args.no_validate,
+        modality_suffixes=suffixes,
+        label_suffix=args.label_suffix,
+        name=args.name,
+        description=args.description,
+        progress=progress,
+    )
+    path = write_manifest(manifest, args.output)
+    skipped = manifest.get("skipped", [])
+    print(f"layout:           {manifest['layout']}")
+    print(f"label convention: {manifest['label_convention']}")
+    print(f"training cases:   {len(manifest['training'])}")
+    print(f"testing cases:    {len(manifest['testing'])}")
+    print(f"cases per fold:   {_fold_sizes(manifest)}")
+    print(f"skipped cases:    {len({s['case_id'] for s in skipped})}")
+    for problem in skipped:
+        print(f"  {problem['case_id']}: {problem['file']}: {problem['reason']}")
+    print(f"wrote {path}")
+    return 0
