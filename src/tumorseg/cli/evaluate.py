@@ -1,0 +1,149 @@
+"""`tumorseg evaluate`: score a folder of predictions against references (BraTS metrics)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+__all__ = ["register", "run", "format_summary"]
+
+_CONVENTIONS = ("brats2021", "brats2023", "msd")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``evaluate`` verb to the top-level parser."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score predicted label maps against references (Dice, HD95, lesion-wise, ...)",
+        description=(
+            "Match <case_id>.nii.gz predictions to references by case id and write "
+            "per_case.csv, summary.csv and summary.json. HD95 follows the BraTS 2023 code "
+            "(DeepMind surface-distance); a missing prediction scores Dice 0 and HD95 373.13."
+        ),
+    )
+    parser.add_argument("--pred", required=True, metavar="DIR", help="folder of predictions")
+    parser.add_argument(
+        "--ref",
+        required=True,
+        metavar="DIR_OR_MANIFEST",
+        help="folder of <case_id>.nii.gz references, a BraTS/MSD dataset folder or a manifest",
+    )
+    parser.add_argument(
+        "--convention",
+        default=None,
+        help=f"label convention of both ({', '.join(_CONVENTIONS)}); default: the manifest's "
+        "or dataset layout's, else brats2021",
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="folder for the reports"
+    )
+    parser.add_argument(
+        "--num-workers", type=int, default=None, metavar="N", help="worker processes"
+    )
+    parser.add_argument(
+        "--per-label",
+        action="store_true",
+        help="also write per_label.csv: sensitivity/specificity of edema, non-enhancing, enhancing",
+    )
+    parser.add_argument(
+        "--no-lesionwise", action="store_true", help="skip the BraTS 2023 lesion-wise scores"
+    )
+    parser.add_argument(
+        "--lesion-task",
+        default="BraTS-GLI",
+        help="BraTS 2023 task of the lesion-wise parameters (default BraTS-GLI: dilation 3, "
+        "50 mm^3)",
+    )
+    parser.add_argument(
+        "--hd-variant",
+        choices=("surface-distance", "monai"),
+        default="surface-distance",
+        help="HD95 definition (default: surface-distance, as BraTS 2023)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def _fmt(stats: dict[str, Any] | None, digits: int) -> str:
+    if stats is None or stats["n"] == 0:
+        return "-"
+    mean, std = stats["mean"], stats["std"]
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f}±{std:.{digits}f}"
+
+
+def format_summary(result: Any) -> str:
+    """A compact per-structure table (mean ± std) of an ``EvaluationResult``."""
+    from tumorseg.metrics.regions import STRUCTURES, metric_key
+
+    hd_key = result.info.get("hd95_key", "hd95")
+    cols = [
+        ("Dice", "dice", 3),
+        ("HD95 mm", hd_key, 2),
+        ("Sens", "sensitivity", 3),
+        ("Spec", "specificity", 4),
+        ("LesDice", "lesion_dice", 3),
+        ("LesHD95", "lesion_hd95", 2),
+    ]
+    cols = [c for c in cols if metric_key(c[1], "WT") in result.summary]
+    header = ["", *(c[0] for c in cols)]
+    lines = [
+        [s, *(_fmt(result.summary.get(metric_key(m, s)), d) for _, m, d in cols)]
+        for s in STRUCTURES
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
+    out = ["  ".join(str(v).ljust(w) for v, w in zip(header, widths, strict=True)).rstrip()]
+    out += [
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        for row in lines
+    ]
+    gd = result.summary.get("generalised_dice")
+    if gd:
+        out.append(f"generalised Dice: {_fmt(gd, 3)}")
+    if result.per_label:
+        out.append("")
+        out.append("per label            sensitivity   specificity")
+        for row in result.per_label:
+            sens = _fmt(
+                {"mean": row["sensitivity_mean"], "std": row["sensitivity_std"], "n": row["n"]}, 3
+            )
+            spec = _fmt(
+                {"mean": row["specificity_mean"], "std": row["specificity_std"], "n": row["n"]}, 4
+            )
+            out.append(f"{row['class']:<20} {sens:<13} {spec}")
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the evaluation described by the parsed arguments; returns the exit code."""
+    from tumorseg.metrics.evaluate import evaluate_folder
+
+    result = evaluate_folder(
+        args.pred,
+        args.ref,
+        convention=args.convention,
+        output_dir=args.output,
+        num_workers=args.num_workers,
+        per_label=args.per_label,
+        lesionwise=not args.no_lesionwise,
+        hd_variant=args.hd_variant,
+        lesion_task=args.lesion_task,
+        progress=not args.no_progress,
+    )
+    n = len(result.rows)
+    print(f"{n} case(s), convention {result.info['convention']}, HD95: {result.info['hd95_key']}")
+    print(format_summary(result))
+    if result.missing:
+        print(
+            f"missing predictions ({len(result.missing)}, scored Dice 0 / HD95 373.13): "
+            + ", ".join(result.missing)
+        )
+    if result.unmatched:
+        print(
+            f"predictions without a reference ({len(result.unmatched)}, ignored): "
+            + ", ".join(result.unmatched)
+        )
+    print(f"reports written to {result.output_dir}")
+    return 0

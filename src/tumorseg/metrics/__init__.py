@@ -1,0 +1,120 @@
+"""Segmentation metrics that agree with the BraTS challenges' reference implementations.
+
+Structures
+    Regions ``WT = NCR+ED+ET``, ``TC = NCR+ET``, ``ET``, and the single labels ``NCR`` and
+    ``ED`` (the ET label is the ET region and is reported once, as ``ET``). Label maps in
+    every convention of :mod:`tumorseg.conventions` (``brats2021`` 1/2/4, ``brats2023``
+    1/2/3, ``msd`` NCR=2/ED=1/ET=3, and aliases) are accepted; values outside the convention
+    are an error, never silently ignored.
+
+Per-structure metrics (:func:`case_metrics`, keys ``<metric>_<structure>``)
+    * ``dice``: ``2|P&R| / (|P|+|R|)``.
+    * ``hd95`` (mm, voxel spacing applied): DeepMind ``surface-distance``
+      ``compute_robust_hausdorff(compute_surface_distances(ref, pred, spacing), 95)``, as
+      called by the BraTS 2023 official metric code: area-weighted percentiles over surfels
+      (corners of the voxel grid, marching-cubes patch areas), symmetric maximum of the two
+      directed 95th percentiles. Re-implemented on the bounding box of the two masks (plus one
+      voxel) and tested to agree with the package bit for bit. ``hd_variant="monai"`` instead
+      gives MONAI's ``compute_hausdorff_distance(percentile=95)`` (surface voxels, unweighted
+      percentiles) under the distinct key ``hd95_monai``.
+    * ``sensitivity = TP/(TP+FN)``, ``specificity = TN/(TN+FP)`` (over the whole image),
+      ``precision = TP/(TP+FP)``.
+    * ``volume_ref_<S>_ml``, ``volume_pred_<S>_ml``: voxel count times voxel volume, in mL.
+    * ``lesion_dice``, ``lesion_hd95``, ``lesion_tp``, ``lesion_fn``, ``lesion_fp``: the
+      BraTS 2023 lesion-wise scores, see below.
+    * ``generalised_dice`` (one per case): Sudre et al. 2017 over the classes NCR, ED, ET with
+      weights ``1/|R_l|^2``; a class absent from the reference gets the largest weight of the
+      present ones (as MONAI's ``GeneralizedDiceScore``).
+
+Empty masks (BraTS conventions)
+    * Both empty: Dice 1, HD95 0, sensitivity 1, precision 1.
+    * Exactly one empty: Dice 0, HD95 **373.13 mm** (the BraTS 2018-2021 value, the diagonal
+      ``sqrt(240^2+240^2+155^2)`` of the BraTS volume; the BraTS 2023 code uses 374 here);
+      sensitivity 0 when only the prediction has voxels (as the BraTS 2023 code), precision 0
+      when only the reference has.
+    * Missing prediction file (:func:`evaluate_folder`): every structure Dice 0 and HD95
+      373.13 mm (lesion-wise Dice 0, HD95 374), even where the reference is empty, and the case
+      is listed as missing.
+
+Lesion-wise (BraTS 2023, :mod:`tumorseg.metrics.lesionwise`)
+    26-connected components; reference lesions that touch after a binary dilation
+    (18-connected structure, ``dilation_factor`` iterations) are merged; a predicted component
+    matches a reference lesion when it meets that lesion dilated again; each reference lesion
+    is scored (Dice, HD95) against the union of its matches, a missed lesion scores Dice 0 /
+    HD95 374 mm, and each unmatched predicted component is a false-positive lesion scoring
+    Dice 0 / HD95 374 mm. Reference lesions of volume ``<= volume_threshold_mm3`` are left out.
+    The score is the mean over kept lesions plus false positives (Dice 1 / HD95 0 when there
+    are none). Parameters (dilation, threshold mm^3): ``BraTS-GLI`` (default), ``BraTS-SSA``,
+    ``BraTS-PED`` 3, 50; ``BraTS-MEN`` 1, 50; ``BraTS-MET`` 1, 2.
+
+Training-time validation
+    :class:`RegionMetric` (MONAI ``CumulativeIterationMetric``) and
+    :class:`RegionMetricHandler` (ignite) report per-region Dice and HD95 of region channels
+    with the same functions, all-gathered across ranks under DDP.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tumorseg.metrics.evaluate import (
+    CaseMismatchError,
+    EvaluationError,
+    EvaluationResult,
+    evaluate_folder,
+)
+from tumorseg.metrics.lesionwise import (
+    LESION_HD95_PENALTY_MM,
+    LESIONWISE_TASKS,
+    LesionwiseParams,
+    LesionwiseResult,
+    lesionwise_metrics,
+)
+from tumorseg.metrics.regions import (
+    STRUCTURES,
+    case_metrics,
+    dice,
+    generalised_dice,
+    missing_case_metrics,
+    region_metrics,
+)
+from tumorseg.metrics.surface import HD95_EMPTY_MM, hd95, robust_hausdorff, surface_distances
+
+if TYPE_CHECKING:
+    from tumorseg.metrics.handlers import RegionMetric, RegionMetricHandler
+
+__all__ = [
+    "HD95_EMPTY_MM",
+    "LESIONWISE_TASKS",
+    "LESION_HD95_PENALTY_MM",
+    "STRUCTURES",
+    "CaseMismatchError",
+    "EvaluationError",
+    "EvaluationResult",
+    "LesionwiseParams",
+    "LesionwiseResult",
+    "RegionMetric",
+    "RegionMetricHandler",
+    "case_metrics",
+    "dice",
+    "evaluate_folder",
+    "generalised_dice",
+    "hd95",
+    "lesionwise_metrics",
+    "missing_case_metrics",
+    "region_metrics",
+    "robust_hausdorff",
+    "surface_distances",
+]
+
+_LAZY = {"RegionMetric", "RegionMetricHandler"}
+
+
+def __getattr__(name: str) -> Any:
+    # The handlers pull in torch/MONAI/ignite; load them only when asked for, so that the
+    # evaluator's worker processes and `tumorseg evaluate --help` stay light.
+    if name in _LAZY:
+        from tumorseg.metrics import handlers
+
+        return getattr(handlers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
