@@ -183,11 +183,10 @@ def _train(cfg: Path, overrides: dict[str, Any]) -> str:
 
 
 def _region_dice(results: Any) -> dict[str, float]:
-    """Mean Dice per region from :func:`tumorseg.metrics.evaluate.evaluate_folder`'s result."""
+    """Mean Dice per region from an :class:`~tumorseg.metrics.evaluate.EvaluationResult`."""
     from tumorseg.conventions import REGIONS
 
-    table = results["per_case"] if isinstance(results, dict) else results
-    scores = {r: float(table[f"dice_{r}"].mean()) for r in REGIONS}
+    scores = {r: float(results.summary[f"dice_{r}"]["mean"]) for r in REGIONS}
     scores["mean"] = sum(scores[r] for r in REGIONS) / len(REGIONS)
     return scores
 

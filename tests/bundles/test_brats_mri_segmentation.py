@@ -173,3 +173,15 @@ def test_real_studies_go_through_the_bundle_preprocessing(shared_data: Path, lay
         assert regions[2].sum() == 0  # this study has no enhancing tumour (README)
     else:
         assert "label" not in out
+
+
+def test_ckpt_export_writes_a_torchscript_model_of_the_best_weights(trained: Path) -> None:
+    ts = trained / "model.ts"
+    cmd = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def"]
+    cmd += ["--filepath", str(ts), "--ckpt_file", str(trained / "models" / "model.pt")]
+    cmd += ["--meta_file", str(CONFIGS / "metadata.json")]
+    cmd += ["--config_file", str(CONFIGS / "train.json"), "--filters", "[4,8,16,32,32]"]
+    _run(cmd, trained)
+    scripted = torch.jit.load(str(ts))
+    out = scripted(torch.zeros(1, 4, 32, 32, 32))
+    assert out.shape == (1, 3, 32, 32, 32)
