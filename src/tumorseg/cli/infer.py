@@ -1,0 +1,136 @@
+"""`tumorseg infer`: segment a folder of studies with a bundle (see :mod:`tumorseg.inference`).
+
+Exit codes: 0 all studies segmented (or already done), 1 some studies failed (the others were
+still segmented; see ``failures.csv``), 2 usage or configuration error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any
+
+__all__ = ["register", "run"]
+
+_DEFAULT_BUNDLE = "bundles/brats_mri_segmentation"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``infer`` verb."""
+    p = subparsers.add_parser(
+        "infer",
+        help="segment a folder of studies (BraTS 2020/2021/2023, MSD or custom naming)",
+        description=(
+            "Segment every study of a folder into <output>/<case_id>.nii.gz (uint8 labels, same "
+            "shape, affine and qform/sform as the input), with volumes.csv and failures.csv. "
+            "Studies already segmented are skipped, so a killed run can be rerun to finish."
+        ),
+    )
+    p.add_argument("--bundle", default=_DEFAULT_BUNDLE, help="bundle folder (default %(default)s)")
+    p.add_argument("--input", required=True, help="folder of studies")
+    p.add_argument("--output", required=True, help="folder for the masks (created)")
+    p.add_argument("--checkpoint", help="network weights (default <bundle>/models/model.pt)")
+    p.add_argument(
+        "--label-convention",
+        choices=["brats2021", "brats2023", "msd"],
+        help="output label numbers (default: the input layout's own; brats2021 for custom naming)",
+    )
+    p.add_argument(
+        "--modality-suffixes",
+        metavar="MAP",
+        help="custom file naming, e.g. flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2",
+    )
+    p.add_argument("--layout", choices=["brats2021", "brats2023", "msd"], help="force a layout")
+    p.add_argument("--roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument("--sw-batch-size", type=int, metavar="N")
+    p.add_argument("--overlap", type=float, metavar="F", help="sliding-window overlap in [0, 1)")
+    p.add_argument("--tta", action="store_true", help="average over the 8 mirrorings (8x slower)")
+    p.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write probabilities/<case_id>.npz (float16 WT, TC, ET)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="redo studies already segmented")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument(
+        "--config-file",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="extra bundle config merged after train.json (repeatable)",
+    )
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="ID=VALUE",
+        help="bundle config value, VALUE as JSON, e.g. filters=[16,32,64,128,256] (repeatable)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    from tumorseg.cli import CliError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--override must look like ID=VALUE (JSON value), got {item!r}")
+        try:
+            out[key.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key.strip()] = text  # a bare string
+    return out
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    # SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so temporary files are removed.
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``tumorseg infer``; returns the exit code."""
+    from tumorseg.inference import Predictor
+
+    try:
+        previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        previous = None
+    try:
+        predictor = Predictor(
+            args.bundle,
+            checkpoint=args.checkpoint,
+            config_files=args.config_file,
+            overrides=_overrides(args.override),
+            device=args.device,
+            roi_size=args.roi_size,
+            sw_batch_size=args.sw_batch_size,
+            overlap=args.overlap,
+            tta=args.tta,
+        )
+        report = predictor.predict_folder(
+            args.input,
+            args.output,
+            label_convention=args.label_convention,
+            modality_suffixes=args.modality_suffixes,
+            layout=args.layout,
+            overwrite=args.overwrite,
+            save_probabilities=args.save_probabilities,
+            progress=not args.no_progress,
+        )
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(f"tumorseg infer: {report.summary()}")
+    if report.failed:
+        print(
+            f"tumorseg infer: {len(report.failed)} studies failed, listed in "
+            f"{report.output_dir / 'failures.csv'}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

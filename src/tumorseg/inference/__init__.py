@@ -1,0 +1,31 @@
+"""Segment new studies with a bundle: :class:`Predictor` (one case or a folder, resumable).
+
+See :mod:`tumorseg.inference.predictor` for the design shared by ``tumorseg infer`` and the
+bundle's ``inference.json``.
+"""
+
+from tumorseg.inference.inputs import CaseError
+from tumorseg.inference.predictor import (
+    CaseFailure,
+    FolderReport,
+    InferenceFailed,
+    LoadedCase,
+    PredictionResult,
+    Predictor,
+    locate_bundle,
+    parse_modality_suffixes,
+    region_volumes_ml,
+)
+
+__all__ = [
+    "CaseError",
+    "CaseFailure",
+    "FolderReport",
+    "InferenceFailed",
+    "LoadedCase",
+    "PredictionResult",
+    "Predictor",
+    "locate_bundle",
+    "parse_modality_suffixes",
+    "region_volumes_ml",
+]
