@@ -1,5 +1,15 @@
 """Training helpers the bundle configs reference: data resolution, checkpoints, resume."""
 
+from tumorseg.training.caching import (
+    CACHE_MODES,
+    CacheBoundary,
+    auto_num_workers,
+    cached_dataset,
+    default_cache_dir,
+    entry_hash,
+    memory_budget_bytes,
+    transform_fingerprint,
+)
 from tumorseg.training.checkpoint import (
     Checkpointer,
     EarlyStopOnValidation,
@@ -9,6 +19,13 @@ from tumorseg.training.checkpoint import (
 )
 from tumorseg.training.data import BundleData, ensure_demo_dataset
 from tumorseg.training.outputs import region_output
+from tumorseg.training.performance import (
+    amp_enabled,
+    amp_kwargs,
+    compile_enabled,
+    configure_performance,
+)
+from tumorseg.training.progress import TrainingProgress, batch_patches
 
 __all__ = [
     "BundleData",
@@ -19,4 +36,19 @@ __all__ = [
     "is_rank0",
     "load_checkpoint",
     "region_output",
+    # Throughput (issue #10): cached preprocessing, progress and timing, CUDA speed settings.
+    "CACHE_MODES",
+    "CacheBoundary",
+    "TrainingProgress",
+    "amp_enabled",
+    "amp_kwargs",
+    "auto_num_workers",
+    "batch_patches",
+    "cached_dataset",
+    "compile_enabled",
+    "configure_performance",
+    "default_cache_dir",
+    "entry_hash",
+    "memory_budget_bytes",
+    "transform_fingerprint",
 ]
