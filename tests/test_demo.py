@@ -1,4 +1,4 @@
-"""`tumorseg demo` end to end at toy size: synth -> manifest -> train -> segment -> score -> MLflow."""
+"""`tumorseg demo` at toy size: synth, manifest, train, segment, score, MLflow."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from tumorseg.cli import main
 
 def test_demo_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)  # the MLflow store goes to the working directory
-    code = main(
-        ["demo", "--workdir", "work", "--epochs", "2", "--num-train", "4", "--size", "32"]
-    )
+    code = main(["demo", "--workdir", "work", "--epochs", "2", "--num-train", "4", "--size", "32"])
     assert code == 0
     out = capsys.readouterr().out
     assert "python -m monai.bundle run training" in out
