@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -40,6 +38,7 @@ from tumorseg.data.discovery import (
     discover_cases,
     validate_case,
 )
+from tumorseg.io import atomic_write_text
 
 __all__ = [
     "MANIFEST_KEYS",
@@ -383,16 +382,6 @@ def manifest_from_case_ids(
 # --------------------------------------------------------------------------- files
 
 
-def _file_mode(path: Path) -> int:
-    """The mode of the file being replaced, else what ``open`` would give a new file."""
-    try:
-        return path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
 def write_manifest(manifest: Mapping[str, Any], path: str | Path) -> Path:
     """Write a manifest atomically: a reader sees the old file or the new one, never half.
 
@@ -410,21 +399,7 @@ def write_manifest(manifest: Mapping[str, Any], path: str | Path) -> Path:
     _check_manifest(data, source="manifest to write")
     for key in ("training", "testing"):
         data[key] = sorted(data[key], key=lambda t: t["case_id"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2) + "\n"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates the file 0600; a manifest is meant to be shared and committed.
-        os.chmod(tmp_name, _file_mode(path))
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _check_items(items: Any, key: str, *, labelled: bool, num_folds: int, where: str) -> None:

@@ -46,6 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from tumorseg.conventions import CHANNEL_ORDER, FileLayout, get_convention, get_layout
+from tumorseg.io import atomic_path, atomic_write_text
 
 __all__ = [
     "DEFAULT_CONTRAST",
@@ -779,13 +780,8 @@ def _save_atomic(img: Any, path: Path) -> None:
     """Write to a hidden temporary name in the same folder, then rename over ``path``."""
     import nibabel as nib
 
-    tmp = path.with_name(f".{path.name[: -len('.nii.gz')]}.{uuid.uuid4().hex[:8]}.tmp.nii.gz")
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _to_image_dtype(images: np.ndarray, image_dtype: str) -> np.ndarray:
@@ -1064,11 +1060,5 @@ def generate_dataset(
         from tumorseg import __version__
 
         meta = _msd_dataset_json(ids[:num_cases], ids[num_cases:], conv.name, __version__)
-        tmp = out / f".dataset.json.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            tmp.write_text(json.dumps(meta, indent=4) + "\n")
-            os.replace(tmp, out / "dataset.json")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_text(out / "dataset.json", json.dumps(meta, indent=4) + "\n")
     return ids

@@ -17,13 +17,14 @@ import csv
 import gzip
 import io
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tumorseg.io import TMP_SUFFIX, atomic_write_bytes, is_temporary
 
 __all__ = [
     "TMP_SUFFIX",
@@ -35,33 +36,10 @@ __all__ = [
     "write_probabilities_atomic",
 ]
 
-#: Suffix of the temporary files this module writes (hidden, beside their destination).
-TMP_SUFFIX = ".tmp"
 
 # Level 1 compresses a mostly-empty uint8 mask nearly as well as level 9 at a fraction of the
 # time; nibabel uses the same default.
 _GZIP_LEVEL = 1
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to a hidden temporary file beside ``path``, fsync it, rename it over ``path``.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
@@ -76,7 +54,7 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     removed = []
     for p in folder.iterdir():
         # Only names made by atomic_write_bytes: ".<final name>.<random>.tmp".
-        if p.is_file() and p.name.startswith(".") and p.name.endswith(TMP_SUFFIX):
+        if p.is_file() and is_temporary(p):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

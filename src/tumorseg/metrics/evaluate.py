@@ -31,7 +31,6 @@ import json
 import math
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from tumorseg.conventions import LAYOUTS, get_convention
+from tumorseg.io import atomic_write_text
 from tumorseg.metrics.lesionwise import LESION_HD95_PENALTY_MM, get_lesionwise_params
 from tumorseg.metrics.regions import (
     STRUCTURES,
@@ -408,18 +408,6 @@ def _per_label_rows(rows: Sequence[Mapping[str, Any]], convention: str) -> list[
     return table
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -433,7 +421,7 @@ def _write_outputs(result: EvaluationResult, columns: Sequence[tuple[str, str, s
     out = result.output_dir
     assert out is not None
     keys = [key for key, _, _ in columns]
-    _atomic_write(
+    atomic_write_text(
         out / "per_case.csv",
         _csv_text(
             ["case_id", "status", *keys],
@@ -441,7 +429,7 @@ def _write_outputs(result: EvaluationResult, columns: Sequence[tuple[str, str, s
         ),
     )
     stat_names = ["mean", "std", "median", "q25", "q75", "n"]
-    _atomic_write(
+    atomic_write_text(
         out / "summary.csv",
         _csv_text(
             ["metric", "structure", "key", *stat_names],
@@ -453,7 +441,7 @@ def _write_outputs(result: EvaluationResult, columns: Sequence[tuple[str, str, s
     )
     if result.per_label:
         header = list(result.per_label[0])
-        _atomic_write(
+        atomic_write_text(
             out / "per_label.csv",
             _csv_text(header, ([row[h] for h in header] for row in result.per_label)),
         )
@@ -470,7 +458,7 @@ def _write_outputs(result: EvaluationResult, columns: Sequence[tuple[str, str, s
         payload["per_label"] = [
             {k: _nan_to_none(v) for k, v in row.items()} for row in result.per_label
         ]
-    _atomic_write(out / "summary.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def _definitions(opts: _Options) -> dict[str, Any]:

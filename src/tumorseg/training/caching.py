@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage, LoadImaged, ThreadUnsafe, Transform
 
+from tumorseg.io import atomic_write_text
+
 __all__ = [
     "CACHE_MODES",
     "CacheBoundary",
@@ -377,9 +379,7 @@ def _prepare_folder(folder: Path, prefix: list[Any]) -> None:
 
 
 def _write_json_atomic(path: Path, content: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(content, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(content, indent=1, sort_keys=True))
 
 
 def _case_bytes(
