@@ -14,7 +14,7 @@ BUNDLE ?= bundles/brats_mri_segmentation
 # installing the package first would let a dependency resolve torch to the newest CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test test-slow lint bench train mlflow-ui clean
+.PHONY: install demo test test-slow lint bench train train-ddp mlflow-ui clean
 
 install: $(STAMP)
 
@@ -48,9 +48,18 @@ train: install
 	  --logging_file $(BUNDLE)/configs/logging.conf \
 	  --bundle_root $(BUNDLE) $(ARGS)
 
+# The same training on NPROC processes of this machine (one per GPU; Gloo on CPU), via torchrun.
+# Several nodes: run `tumorseg launch` itself with --nnodes/--rdzv-endpoint (README).
+NPROC ?= 2
+train-ddp: install
+	$(VENV)/bin/tumorseg launch --nproc-per-node $(NPROC) --bundle $(BUNDLE) -- $(ARGS)
+
+# The UI over the local store that training writes when run from here (mlflow.db, artifacts in
+# mlartifacts/). The GenAI job runner is switched off: seven idle processes, unused here.
 mlflow-ui: install
-	$(VENV)/bin/mlflow server --host 127.0.0.1 --port $${PORT:-5000} \
-	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --default-artifact-root $(CURDIR)/mlartifacts
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 \
+	  --port $${PORT:-5000} --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlartifacts
 
 clean:
 	rm -rf demo .pytest_cache .mypy_cache .ruff_cache
