@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 from _tracking_utils import (
     ITERATIONS_PER_EPOCH,
