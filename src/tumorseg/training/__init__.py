@@ -52,3 +52,32 @@ __all__ = [
     "memory_budget_bytes",
     "transform_fingerprint",
 ]
+
+# Multi-GPU / multi-node training (issue #6): torchrun process groups, shards, per-rank seeds.
+from tumorseg.training.distributed import (  # noqa: E402
+    DistributedContext,
+    RankAgreement,
+    cleanup_distributed,
+    format_command,
+    init_distributed,
+    per_rank_memory_gb,
+    per_rank_num_workers,
+    rank_seed,
+    shard_sampler,
+    torchrun_command,
+    unwrap_state_dict,
+)
+
+__all__ += [
+    "DistributedContext",
+    "RankAgreement",
+    "cleanup_distributed",
+    "format_command",
+    "init_distributed",
+    "per_rank_memory_gb",
+    "per_rank_num_workers",
+    "rank_seed",
+    "shard_sampler",
+    "torchrun_command",
+    "unwrap_state_dict",
+]
