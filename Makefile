@@ -54,6 +54,20 @@ NPROC ?= 2
 train-ddp: install
 	$(VENV)/bin/tumorseg launch --nproc-per-node $(NPROC) --bundle $(BUNDLE) -- $(ARGS)
 
+# Fine-tune from local pretrained weights: make finetune PRETRAINED=path DATASET=dir-or-manifest
+# NETWORK=resenc_unet [ARGS="--freeze_encoder_epochs 5 --encoder_lr_scale 0.1"]. A DATASET that is
+# a .json file is a manifest (its dataset_dir is used); anything else a data folder.
+NETWORK ?= unet
+finetune: install
+	@test -n "$(PRETRAINED)" || { echo "make finetune needs PRETRAINED=path/to/checkpoint"; exit 2; }
+	@test -f "$(BUNDLE)/configs/networks/$(NETWORK).json" || { echo "unknown NETWORK=$(NETWORK); one of: $$(ls $(BUNDLE)/configs/networks | sed 's/.json//' | tr '\n' ' ')"; exit 2; }
+	$(PY) -m monai.bundle run training \
+	  --meta_file $(BUNDLE)/configs/metadata.json \
+	  --config_file "['$(BUNDLE)/configs/train.json','$(BUNDLE)/configs/networks/$(NETWORK).json','$(BUNDLE)/configs/finetune.json']" \
+	  --logging_file $(BUNDLE)/configs/logging.conf \
+	  --bundle_root $(BUNDLE) --pretrained "$(PRETRAINED)" \
+	  $(if $(DATASET),$(if $(filter %.json,$(DATASET)),--datalist "$(DATASET)",--dataset_dir "$(DATASET)")) $(ARGS)
+
 # The UI over the local store that training writes when run from here (mlflow.db, artifacts in
 # mlartifacts/). The GenAI job runner is switched off: seven idle processes, unused here.
 mlflow-ui: install
