@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +61,8 @@ class DemoSettings:
             "fold": 0,
             "num_folds": 4,
             "epochs": self.epochs,
-            "val_interval": 5,
+            # Validate at least at the last epoch, so a short run still selects model.pt.
+            "val_interval": max(1, min(5, self.epochs)),
             "roi_size": [32, 32, 32],
             "filters": [8, 16, 32, 64, 128],
             "batch_size": 2,
@@ -73,19 +77,23 @@ class DemoSettings:
         return base
 
 
-def training_command(bundle: Path, overrides: dict[str, Any]) -> str:
-    """The ``python -m monai.bundle run training ...`` line equivalent to these overrides."""
+def training_command(bundle: Path, overrides: dict[str, Any]) -> list[str]:
+    """The ``python -m monai.bundle run training ...`` argument list for these overrides."""
     cfg = bundle / "configs"
-    parts = [
-        "python -m monai.bundle run training",
-        f"--meta_file {cfg / 'metadata.json'}",
-        f"--config_file {cfg / 'train.json'}",
-        f"--logging_file {cfg / 'logging.conf'}",
-    ]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training"]
+    cmd += ["--meta_file", str(cfg / "metadata.json"), "--config_file", str(cfg / "train.json")]
+    cmd += ["--logging_file", str(cfg / "logging.conf")]
     for key, value in overrides.items():
         text = str(value).replace(" ", "") if isinstance(value, list) else str(value)
-        parts.append(f"--{key} {shlex.quote(text)}")
-    return " \\\n    ".join(parts)
+        cmd += [f"--{key}", text]
+    return cmd
+
+
+def _shell(cmd: list[str]) -> str:
+    """``cmd`` as a copy-pastable shell line, one option per line."""
+    lines = [" ".join(shlex.quote(c) for c in cmd[:5])]
+    lines += [f"{cmd[i]} {shlex.quote(cmd[i + 1])}" for i in range(5, len(cmd) - 1, 2)]
+    return " \\\n    ".join(lines)
 
 
 def _say(message: str) -> None:
@@ -100,11 +108,15 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
     """
     from tumorseg.data.manifest import build_manifest, write_manifest
     from tumorseg.data.synthetic import generate_dataset
+    from tumorseg.tracking import run_name as make_run_name
 
     cfg = settings.bundle / "configs"
     if not (cfg / "train.json").is_file():
         raise FileNotFoundError(f"bundle configs not found in {cfg}")
     work = settings.workdir.resolve()
+    # Each demo starts from scratch: an earlier demo's checkpoint would be resumed, not retrained.
+    for stale in ("models", "predictions", "results"):
+        shutil.rmtree(work / stale, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     shape = (settings.size,) * 3
     t0 = time.perf_counter()
@@ -128,11 +140,12 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
     write_manifest(manifest, work / "manifest.json")
 
     overrides = settings.bundle_overrides()
+    run_name = make_run_name("demo", "dynunet")
     _say(
         "[2/5] training; the same run from the shell:\n"
-        + training_command(settings.bundle, overrides)
+        + _shell(training_command(settings.bundle, {**overrides, "run_name": run_name}))
     )
-    run_name = _train(cfg, overrides)
+    _train(settings.bundle, overrides, run_name)
 
     _say("[3/5] segmenting the held-out folder")
     from tumorseg.inference import Predictor
@@ -160,26 +173,18 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
     _print_table(scores)
 
     _say("[5/5] logging held-out scores to MLflow")
-    _log_heldout(overrides, run_name, scores)
+    _log_heldout(work / "models", scores)
     _say(f"done in {time.perf_counter() - t0:.0f} s. Browse the runs with:\n    make mlflow-ui")
     return scores
 
 
-def _train(cfg: Path, overrides: dict[str, Any]) -> str:
-    from monai.bundle import run
-
-    from tumorseg.tracking import run_name
-
-    name = run_name("demo", "dynunet")
-    run(
-        "training",
-        meta_file=str(cfg / "metadata.json"),
-        config_file=str(cfg / "train.json"),
-        logging_file=str(cfg / "logging.conf"),
-        run_name=name,
-        **overrides,
-    )
-    return name
+def _train(bundle: Path, overrides: dict[str, Any], run_name: str) -> None:
+    # A child process, exactly the command printed above: MONAI's runner configures global
+    # logging from logging.conf, which must not leak into the caller's process.
+    cmd = training_command(bundle, {**overrides, "run_name": run_name})
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"training failed (exit code {done.returncode}); see the log above")
 
 
 def _region_dice(results: Any) -> dict[str, float]:
@@ -197,21 +202,16 @@ def _print_table(scores: dict[str, float]) -> None:
     _say("  " + "  ".join(f"{v:6.3f}" for v in scores.values()) + "\n")
 
 
-def _log_heldout(overrides: dict[str, Any], run_name: str, scores: dict[str, float]) -> None:
+def _log_heldout(ckpt_dir: Path, scores: dict[str, float]) -> None:
+    """Add the held-out scores to the MLflow run the training logged to."""
     import mlflow
 
-    from tumorseg.tracking import tracking_uri
+    from tumorseg.tracking import read_run_record
 
-    client = mlflow.MlflowClient(tracking_uri())
-    experiment = client.get_experiment_by_name(str(overrides["experiment_name"]))
-    if experiment is None:
-        logger.warning("no MLflow experiment %s; held-out scores not logged", overrides)
+    record = read_run_record(ckpt_dir)
+    if record is None:
+        logger.warning("no MLflow run recorded in %s; held-out scores not logged", ckpt_dir)
         return
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'"
-    )
-    if not runs:
-        logger.warning("MLflow run %s not found; held-out scores not logged", run_name)
-        return
+    client = mlflow.MlflowClient(record["tracking_uri"])
     for key, value in scores.items():
-        client.log_metric(runs[0].info.run_id, f"heldout_dice_{key.lower()}", value)
+        client.log_metric(record["run_id"], f"heldout_dice_{key.lower()}", value)

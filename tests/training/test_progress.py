@@ -53,7 +53,8 @@ def test_epoch_summary_splits_data_wait_from_compute(caplog: pytest.LogCaptureFi
     assert metrics["train_compute_s"] == pytest.approx(5 * COMPUTE_S)
     assert metrics["train_patches_per_s"] == pytest.approx(10 / 5.0)
     assert metrics["train_data_wait_share"] == pytest.approx(0.3)
-    summaries = [r.getMessage() for r in caplog.records]
+    # Other loggers may log too when an earlier test configured the root logger.
+    summaries = [r.getMessage() for r in caplog.records if r.name == "tumorseg.training.progress"]
     assert len(summaries) == 2  # one per epoch, no per-iteration lines
     assert summaries[0].startswith("epoch 1/2: 10 patches in 5.0 s, 2.00 patches/s")
     assert "data wait 1.5 s (30%), compute 3.5 s" in summaries[0]

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Engine, Events
 
+from tumorseg.io import atomic_write_text
 from tumorseg.tracking.overlays import CaseSlice, pick_slice, render_overlay
 from tumorseg.tracking.settings import run_name as make_run_name
 from tumorseg.tracking.store import (
@@ -86,10 +87,7 @@ def read_run_record(ckpt_dir: str | os.PathLike) -> dict[str, str] | None:
 
 
 def _write_run_record(ckpt_dir: Path, record: Mapping[str, str]) -> None:
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt_dir / f".{RUN_RECORD}.tmp"
-    tmp.write_text(json.dumps(dict(record), indent=2) + "\n")
-    os.replace(tmp, ckpt_dir / RUN_RECORD)  # atomic, like the checkpoints beside it
+    atomic_write_text(ckpt_dir / RUN_RECORD, json.dumps(dict(record), indent=2) + "\n")
 
 
 def _scalar(value: Any) -> float | None:
