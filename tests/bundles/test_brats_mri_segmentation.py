@@ -19,22 +19,9 @@ from typing import Any
 import pytest
 import torch
 
+from _bundle_utils import CONFIGS, TINY
 from tumorseg.data.synthetic import generate_dataset
 from tumorseg.training import load_checkpoint
-
-CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_segmentation" / "configs"
-
-# Small enough for two CPU cores: 32^3 volumes, a narrow network, two epochs.
-TINY = {
-    "roi_size": [32, 32, 32],
-    "filters": [4, 8, 16, 32, 32],
-    "batch_size": 1,
-    "num_samples": 1,
-    "num_workers": 0,
-    "cache_rate": 1.0,
-    "num_folds": 3,
-    "sw_batch_size": 2,
-}
 
 
 @pytest.fixture(scope="module")

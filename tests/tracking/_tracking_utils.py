@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from _bundle_utils import CONFIGS, TINY  # noqa: F401 (re-exported to the tracking tests)
+
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -94,19 +96,6 @@ def mlflow_server(root: Path, *, start_timeout_s: float = 90.0) -> Iterator[Serv
         log.close()
 
 
-CONFIGS = Path(__file__).resolve().parents[2] / "bundles" / "brats_mri_segmentation" / "configs"
-
-# Small enough for two CPU cores: 32^3 volumes, a narrow network.
-TINY: dict[str, Any] = {
-    "roi_size": [32, 32, 32],
-    "filters": [4, 8, 16, 32, 32],
-    "batch_size": 1,
-    "num_samples": 1,
-    "num_workers": 0,
-    "cache_rate": 1.0,
-    "num_folds": 3,
-    "sw_batch_size": 2,
-}
 #: Fold 0 of 3 over 6 cases: 4 training iterations per epoch at batch size 1.
 ITERATIONS_PER_EPOCH = 4
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from _bundle_utils import TINY as BUNDLE_TINY
 from tumorseg.cli import main
 from tumorseg.training import load_checkpoint
 from tumorseg.training.distributed import (
@@ -40,17 +41,8 @@ BUNDLE = REPO / "bundles" / "brats_mri_segmentation"
 CONFIGS = BUNDLE / "configs"
 TUMORSEG = Path(sys.executable).parent / "tumorseg"
 
-# Two CPU cores: 32^3 volumes, a narrow network. 6 cases in 2 folds: 3 train, 3 validation.
-TINY = {
-    "roi_size": [32, 32, 32],
-    "filters": [4, 8, 16, 32, 32],
-    "batch_size": 1,
-    "num_samples": 1,
-    "num_workers": 0,
-    "cache_rate": 1.0,
-    "num_folds": 2,
-    "sw_batch_size": 2,
-}
+# 6 cases in 2 folds: 3 train, 3 validation.
+TINY = {**BUNDLE_TINY, "num_folds": 2}
 # 3 training cases padded to 2 per rank, batch size 1: 2 iterations per epoch.
 ITERATIONS_PER_EPOCH = 2
 
