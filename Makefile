@@ -14,7 +14,7 @@ BUNDLE ?= bundles/brats_mri_segmentation
 # installing the package first would let a dependency resolve torch to the newest CUDA build.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test test-slow lint bench train train-ddp mlflow-ui clean
+.PHONY: install demo test test-slow lint bench train train-ddp mlflow-ui clean browser
 
 install: $(STAMP)
 
@@ -32,8 +32,20 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
-test: install lint
+test: install lint browser
 	$(VENV)/bin/pytest -m "not slow" -q
+
+# The viewer's end-to-end test drives Debian's Chromium through chromedriver (Selenium, with no
+# driver or browser download); installed here once as root, otherwise that one test is skipped.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "warning: the viewer's browser test will be skipped without Chromium;" \
+	      "install it with: sudo apt-get install -y chromium chromium-driver"; \
+	  fi; \
+	fi
 
 test-slow: install
 	$(VENV)/bin/pytest -m slow -q
@@ -76,4 +88,4 @@ mlflow-ui: install
 	  --default-artifact-root $(CURDIR)/mlartifacts
 
 clean:
-	rm -rf demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf demo .pytest_cache .mypy_cache .ruff_cache test-artifacts

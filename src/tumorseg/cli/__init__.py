@@ -16,7 +16,7 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser", "CliError"]
 
 #: Verb modules, in the order `tumorseg --help` lists them.
-_VERBS = ("synth", "manifest", "demo", "infer", "evaluate", "compare", "launch")
+_VERBS = ("synth", "manifest", "demo", "infer", "evaluate", "compare", "launch", "view", "report")
 
 
 class CliError(Exception):
