@@ -11,13 +11,14 @@ __all__ = ["__version__"]
 
 # Subpackages load on first attribute access, so bundle configs can write
 # `$tumorseg.training.region_output(0)` after `$import tumorseg` while `tumorseg --help`
-# does not pay for importing torch.
-_SUBPACKAGES = frozenset(
-    {"cli", "conventions", "data", "inference", "metrics", "tracking", "training", "transforms"}
-)
+# does not pay for importing torch. Any module of the package qualifies: no list to forget.
 
 
 def __getattr__(name: str) -> ModuleType:
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"{__name__}.{name}")
+    if not name.startswith("_"):
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise  # the module exists but one of its own imports is missing
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -172,3 +172,16 @@ def test_ckpt_export_writes_a_torchscript_model_of_the_best_weights(trained: Pat
     scripted = torch.jit.load(str(ts))
     out = scripted(torch.zeros(1, 4, 32, 32, 32))
     assert out.shape == (1, 3, 32, 32, 32)
+
+
+def test_finetune_config_resolves_with_the_default_network_in_a_fresh_process() -> None:
+    # The default DynUNet's `_target_` is MONAI's, so nothing imports tumorseg.networks before
+    # finetune.json's `$tumorseg.networks...` expressions run (a bug once).
+    code = (
+        "from monai.bundle import ConfigParser; p = ConfigParser(); "
+        f"p.read_config([{str(CONFIGS / 'train.json')!r}, {str(CONFIGS / 'finetune.json')!r}]); "
+        "p['filters'] = [4, 8, 16, 32, 32]; print(repr(p.get_parsed_content('encoder_prefix')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() not in ("", "''", "None")

@@ -306,6 +306,33 @@ def test_cases_do_not_depend_on_how_many_are_generated(tmp_path):
     assert not np.array_equal(np.asarray(b.dataobj), np.asarray(c.dataobj))
 
 
+def test_contrast_and_tumour_scale_pass_through_to_every_case(tmp_path):
+    shift = {"t1ce": {"ET": 1.1}, "flair": {"ED": 0.9}}
+    generate_dataset(
+        tmp_path, num_cases=2, shape=FILE_SHAPE, seed=3, contrast=shift, tumour_scale=0.6
+    )
+    for i in range(2):
+        images, label = make_phantom(
+            FILE_SHAPE,
+            seed=synthetic._case_seed(3, i),
+            contrast=shift,
+            tumour_scale=0.6,
+            orientation="LPS",
+        )
+        folder = tmp_path / f"SYN2021_{i:03d}"
+        stored = np.asarray(nib.load(folder / f"SYN2021_{i:03d}_seg.nii.gz").dataobj)
+        np.testing.assert_array_equal(stored, label)
+        t1ce = np.asarray(nib.load(folder / f"SYN2021_{i:03d}_t1ce.nii.gz").dataobj)
+        np.testing.assert_array_equal(t1ce, np.rint(images[2]).astype(np.int16))
+    # The defaults leave the dataset exactly as before the options existed.
+    generate_dataset(tmp_path / "plain", num_cases=1, shape=FILE_SHAPE, seed=3)
+    _, default_label = make_phantom(FILE_SHAPE, seed=synthetic._case_seed(3, 0), orientation="LPS")
+    plain = nib.load(tmp_path / "plain" / "SYN2021_000" / "SYN2021_000_seg.nii.gz")
+    np.testing.assert_array_equal(np.asarray(plain.dataobj), default_label)
+    shifted = nib.load(tmp_path / "SYN2021_000" / "SYN2021_000_seg.nii.gz")
+    assert (np.asarray(shifted.dataobj) > 0).sum() < (default_label > 0).sum()
+
+
 def test_label_convention_can_differ_from_the_layout(tmp_path):
     generate_dataset(tmp_path, num_cases=1, shape=FILE_SHAPE, label_convention="brats2023")
     label = np.asarray(nib.load(tmp_path / "SYN2021_000" / "SYN2021_000_seg.nii.gz").dataobj)
@@ -396,6 +423,8 @@ def test_write_case_returns_paths_and_checks_inputs(tmp_path):
         ({"label_convention": "nope"}, "unknown label convention 'nope'"),
         ({"seed": -1}, "got -1"),
         ({"case_prefix": "a/b"}, "'a/b'"),
+        ({"tumour_scale": 0}, "tumour_scale .* got 0"),
+        ({"contrast": {"t1ce": {"XX": 1.0}}}, "unknown tissue 'XX'"),
     ],
 )
 def test_generate_dataset_rejects_bad_arguments(tmp_path, kwargs, shown):

@@ -169,6 +169,16 @@ def _check_num_tumours(num_tumours: Any) -> tuple[int, int]:
     )
 
 
+def _check_tumour_scale(tumour_scale: Any) -> float:
+    if not (
+        isinstance(tumour_scale, int | float | np.number)
+        and not isinstance(tumour_scale, bool)
+        and 0 < tumour_scale <= 3
+    ):
+        raise ValueError(f"tumour_scale must be in (0, 3], got {tumour_scale!r}")
+    return float(tumour_scale)
+
+
 def _check_contrast(contrast: Mapping[str, Mapping[str, float]] | None) -> dict[str, np.ndarray]:
     """Merge overrides into the default table; returns modality -> levels in TISSUES order."""
     table = {m: dict(levels) for m, levels in DEFAULT_CONTRAST.items()}
@@ -609,12 +619,7 @@ def make_phantom(
     low, high = _check_num_tumours(num_tumours)
     conv = get_convention(label_convention)
     levels = _check_contrast(contrast)
-    if not (
-        isinstance(tumour_scale, int | float | np.number)
-        and not isinstance(tumour_scale, bool)
-        and 0 < tumour_scale <= 3
-    ):
-        raise ValueError(f"tumour_scale must be in (0, 3], got {tumour_scale!r}")
+    _check_tumour_scale(tumour_scale)
     orientation = _check_orientation(orientation)
 
     rng = np.random.default_rng(seed)
@@ -968,6 +973,8 @@ def generate_dataset(
     oblique_degrees: float = 0.0,
     num_unlabelled: int = 0,
     case_prefix: str | None = None,
+    contrast: Mapping[str, Mapping[str, float]] | None = None,
+    tumour_scale: float = 1.0,
     overwrite: bool = False,
     progress: bool = False,
 ) -> list[str]:
@@ -992,6 +999,9 @@ def generate_dataset(
         oblique_degrees: head tilt of the affine (see :func:`orientation_affine`).
         num_unlabelled: extra cases without label maps.
         case_prefix: replaces the default case-id prefix.
+        contrast: tissue-level overrides for every case, passed to :func:`make_phantom`
+            (e.g. a shifted set for transfer-learning experiments).
+        tumour_scale: tumour size factor for every case, passed to :func:`make_phantom`.
         overwrite: replace existing cases (and ``dataset.json``) instead of raising.
         progress: show a tqdm progress bar.
 
@@ -1021,6 +1031,9 @@ def generate_dataset(
             f"case_prefix must be letters, digits, '.', '_' or '-' (not starting with "
             f"'.', '_' or '-'), got {case_prefix!r}"
         )
+    # Checked here too, so a bad value fails before any case is written.
+    _check_contrast(contrast)
+    _check_tumour_scale(tumour_scale)
     affine = orientation_affine(
         orientation, shape=shape, spacing=spacing, oblique_degrees=oblique_degrees
     )
@@ -1045,7 +1058,12 @@ def generate_dataset(
     out.mkdir(parents=True, exist_ok=True)
     for i, cid in enumerate(tqdm(ids, desc="synth", unit="case", disable=not progress)):
         images, label = make_phantom(
-            shape, seed=_case_seed(seed, i), label_convention=conv.name, orientation=orientation
+            shape,
+            seed=_case_seed(seed, i),
+            label_convention=conv.name,
+            contrast=contrast,
+            tumour_scale=tumour_scale,
+            orientation=orientation,
         )
         write_case(
             out,
