@@ -9,13 +9,22 @@ temporary file in the destination folder, flushed to disk, then renamed over the
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["TMP_SUFFIX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "is_temporary"]
+__all__ = [
+    "TMP_SUFFIX",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "is_temporary",
+    "read_json",
+]
 
 #: Marker in the names of temporary files (hidden, beside their destination).
 TMP_SUFFIX = ".tmp"
@@ -91,3 +100,31 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
         fh.write(text)
     return Path(path)
+
+
+def read_json(
+    path: str | os.PathLike[str], *, what: str = "file", error: type[Exception] = ValueError
+) -> Any:
+    """Parse the JSON file ``path``; failures name the file and say what it should have been.
+
+    Args:
+        path: the file (``~`` is expanded).
+        what: what the file is, for messages (``"manifest"``).
+        error: exception type raised for invalid JSON.
+
+    Raises:
+        FileNotFoundError: no such file.
+        error: the text is not valid JSON (line and column shown).
+    """
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(
+            f"{what} {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno} "
+            f"column {err.colno}"
+        ) from None

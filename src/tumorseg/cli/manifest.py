@@ -5,29 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["parse_modality_suffixes", "register", "run"]
+__all__ = ["register", "run"]
 
 _LAYOUT_CHOICES = ("brats2021", "brats2023", "msd")
-
-
-def parse_modality_suffixes(text: str) -> dict[str, str]:
-    """Parse ``flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2`` into a dict.
-
-    Raises:
-        ValueError: an entry without ``=``, showing the text received.
-    """
-    mapping: dict[str, str] = {}
-    for entry in (e.strip() for e in text.split(",")):
-        if not entry:
-            continue
-        key, sep, value = entry.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise ValueError(
-                f"--modality-suffixes entry {entry!r} is not MODALITY=SUFFIX "
-                f"(got {text!r}; example flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2)"
-            )
-        mapping[key.strip().lower()] = value.strip()
-    return mapping
 
 
 def register(subparsers: Any) -> None:
@@ -84,7 +64,7 @@ def _fold_sizes(manifest: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the verb; returns the exit code (bad datasets raise ``DatasetError``, exit 2)."""
-    from tumorseg.data.discovery import DatasetError
+    from tumorseg.data.discovery import DatasetError, parse_modality_suffixes
     from tumorseg.data.manifest import (
         build_manifest,
         validate_manifest_against,
@@ -107,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         raise ValueError("-o/--output is required (the manifest file to write), or use --check")
 
-    suffixes = parse_modality_suffixes(args.modality_suffixes) if args.modality_suffixes else None
+    suffixes = parse_modality_suffixes(args.modality_suffixes or None)
     manifest = build_manifest(
         args.dataset_dir,
         layout=args.layout,

@@ -42,6 +42,7 @@ __all__ = [
     "NIFTI_EXTENSIONS",
     "detect_layout",
     "discover_cases",
+    "parse_modality_suffixes",
     "split_extension",
     "validate_case",
 ]
@@ -679,3 +680,25 @@ def validate_case(
                     )
                 )
     return problems
+
+
+def parse_modality_suffixes(value: str | Mapping[str, str] | None) -> dict[str, str] | None:
+    """``"flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2"`` (or a mapping) -> ``{modality: suffix}``.
+
+    Raises:
+        ValueError: for a malformed string (the value is shown).
+    """
+    if value is None or isinstance(value, Mapping):
+        return None if value is None else {str(k): str(v) for k, v in value.items()}
+    out = {}
+    for part in str(value).split(","):
+        if not part.strip():
+            continue
+        key, sep, suffix = part.partition("=")
+        if not sep or not key.strip() or not suffix.strip():
+            raise ValueError(
+                f"modality suffix entry {part.strip()!r} is not MODALITY=SUFFIX (got {value!r}; "
+                "example flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2)"
+            )
+        out[key.strip().lower()] = suffix.strip()
+    return out

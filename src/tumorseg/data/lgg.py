@@ -48,7 +48,7 @@ from ignite.metrics import Metric
 from scipy import ndimage
 
 from tumorseg.data.manifest import assign_folds
-from tumorseg.io import atomic_path, atomic_write_text, is_temporary
+from tumorseg.io import atomic_path, atomic_write_text, is_temporary, read_json
 
 __all__ = [
     "LGG_CHANNEL_ORDER",
@@ -409,16 +409,7 @@ def load_lgg_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         LGGDatasetError: invalid JSON or not an LGG manifest; the message names the file.
     """
     path = Path(path).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"LGG manifest {str(path)!r} does not exist") from None
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise LGGDatasetError(
-            f"LGG manifest {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno}"
-        ) from None
+    manifest = read_json(path, what="LGG manifest", error=LGGDatasetError)
     _check_lgg_manifest(manifest, source=f"LGG manifest {str(path)!r}")
     return dict(manifest)
 

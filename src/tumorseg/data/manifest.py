@@ -38,7 +38,7 @@ from tumorseg.data.discovery import (
     discover_cases,
     validate_case,
 )
-from tumorseg.io import atomic_write_text
+from tumorseg.io import atomic_write_text, read_json
 
 __all__ = [
     "MANIFEST_KEYS",
@@ -453,17 +453,7 @@ def load_manifest(path: str | Path) -> dict[str, Any]:
         ManifestError: invalid JSON or missing keys; the message names the file.
     """
     path = Path(path).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"manifest file {str(path)!r} does not exist") from None
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ManifestError(
-            f"manifest {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno} "
-            f"column {err.colno}"
-        ) from None
+    manifest = read_json(path, what="manifest", error=ManifestError)
     _check_manifest(manifest, source=f"manifest {str(path)!r}")
     loaded = _LoadedManifest(manifest)
     loaded.path = path.resolve()

@@ -13,7 +13,6 @@ from tumorseg.inference.predictor import (
     PredictionResult,
     Predictor,
     locate_bundle,
-    parse_modality_suffixes,
     region_volumes_ml,
 )
 
@@ -26,6 +25,5 @@ __all__ = [
     "PredictionResult",
     "Predictor",
     "locate_bundle",
-    "parse_modality_suffixes",
     "region_volumes_ml",
 ]

@@ -68,6 +68,7 @@ import numpy as np
 import torch
 
 from tumorseg.conventions import CHANNEL_ORDER, REGIONS, LabelConvention, get_convention, get_layout
+from tumorseg.data.discovery import parse_modality_suffixes
 from tumorseg.inference.inputs import (
     CaseError,
     check_headers,
@@ -90,7 +91,6 @@ __all__ = [
     "PredictionResult",
     "Predictor",
     "locate_bundle",
-    "parse_modality_suffixes",
     "region_volumes_ml",
 ]
 
@@ -312,28 +312,6 @@ def locate_bundle(default: str = ".") -> str:
     if (Path.cwd() / "configs" / "train.json").is_file():
         return str(Path.cwd())
     return default
-
-
-def parse_modality_suffixes(value: str | Mapping[str, str] | None) -> dict[str, str] | None:
-    """``"flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2"`` (or a mapping) -> ``{modality: suffix}``.
-
-    Raises:
-        ValueError: for a malformed string (the value is shown).
-    """
-    if value is None or isinstance(value, Mapping):
-        return None if value is None else {str(k): str(v) for k, v in value.items()}
-    out = {}
-    for part in str(value).split(","):
-        if not part.strip():
-            continue
-        key, sep, suffix = part.partition("=")
-        if not sep or not key.strip() or not suffix.strip():
-            raise ValueError(
-                f"modality suffixes must look like flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2; "
-                f"got {value!r}"
-            )
-        out[key.strip().lower()] = suffix.strip()
-    return out
 
 
 def _check_roi_size(value: Any) -> list[int]:
