@@ -47,7 +47,7 @@ import numpy as np
 from ignite.metrics import Metric
 from scipy import ndimage
 
-from tumorseg.data.manifest import assign_folds
+from tumorseg.data.manifest import assign_folds, select_split
 from tumorseg.io import atomic_path, atomic_write_text, is_temporary, read_json
 
 __all__ = [
@@ -440,15 +440,7 @@ def lgg_datalist(
     if split not in LGG_SPLITS:
         raise ValueError(f"split must be one of {LGG_SPLITS}, got {split!r}")
     root = _resolve_root(dataset_dir)
-    training = list(manifest["training"])
-    if split == "train":
-        chosen = [t for t in training if fold is None or t["fold"] != fold]
-    elif split == "val":
-        chosen = [] if fold is None else [t for t in training if t["fold"] == fold]
-    elif split == "test":
-        chosen = list(manifest["testing"])
-    else:
-        chosen = training + list(manifest["testing"])
+    chosen = select_split(manifest, fold=fold, split=split)
     items = []
     for entry in sorted(chosen, key=lambda t: (t["patient"], int(t["slice"]))):
         out = {k: entry[k] for k in ("case_id", "patient", "slice")}

@@ -51,6 +51,7 @@ __all__ = [
     "load_datalist",
     "load_manifest",
     "manifest_from_case_ids",
+    "select_split",
     "validate_manifest_against",
     "write_manifest",
 ]
@@ -485,6 +486,25 @@ def _absolute(relative: str, root: Path, *, resolve_twins: bool) -> str:
     return str(_existing(path) if resolve_twins else path)
 
 
+def select_split(
+    manifest: Mapping[str, Any], *, fold: int | None, split: str
+) -> list[dict[str, Any]]:
+    """The items of ``split`` as they are in ``manifest`` (paths untouched).
+
+    ``train`` is every training item outside ``fold`` (all of them when ``fold`` is None),
+    ``val`` the items of ``fold`` (none when ``fold`` is None), ``test`` the testing items and
+    ``all`` both lists.
+    """
+    training = list(manifest["training"])
+    if split == "train":
+        return [t for t in training if fold is None or t["fold"] != fold]
+    if split == "val":
+        return [] if fold is None else [t for t in training if t["fold"] == fold]
+    if split == "test":
+        return list(manifest["testing"])
+    return [*training, *manifest["testing"]]
+
+
 def load_datalist(
     manifest: str | Path | Mapping[str, Any],
     *,
@@ -544,15 +564,7 @@ def load_datalist(
             "holding the cases"
         )
 
-    training: list[dict[str, Any]] = data["training"]
-    if split == "train":
-        chosen = [t for t in training if fold is None or t["fold"] != fold]
-    elif split == "val":
-        chosen = [] if fold is None else [t for t in training if t["fold"] == fold]
-    elif split == "test":
-        chosen = list(data["testing"])
-    else:
-        chosen = [*training, *data["testing"]]
+    chosen = select_split(data, fold=fold, split=split)
 
     out: list[dict[str, Any]] = []
     for item in chosen:
