@@ -6,7 +6,6 @@ bundle's ``inference.json``.
 
 from tumorseg.inference.inputs import CaseError
 from tumorseg.inference.predictor import (
-    CaseFailure,
     FolderReport,
     InferenceFailed,
     LoadedCase,
@@ -18,7 +17,6 @@ from tumorseg.inference.predictor import (
 
 __all__ = [
     "CaseError",
-    "CaseFailure",
     "FolderReport",
     "InferenceFailed",
     "LoadedCase",

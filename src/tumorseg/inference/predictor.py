@@ -68,7 +68,7 @@ import numpy as np
 import torch
 
 from tumorseg.conventions import CHANNEL_ORDER, REGIONS, LabelConvention, get_convention, get_layout
-from tumorseg.data.discovery import parse_modality_suffixes
+from tumorseg.data.discovery import CaseProblem, parse_modality_suffixes
 from tumorseg.inference.inputs import (
     CaseError,
     check_headers,
@@ -84,7 +84,6 @@ from tumorseg.inference.writer import (
 )
 
 __all__ = [
-    "CaseFailure",
     "FolderReport",
     "InferenceFailed",
     "LoadedCase",
@@ -188,18 +187,6 @@ class PredictionResult:
         return path
 
 
-@dataclass(frozen=True)
-class CaseFailure:
-    """A study that could not be segmented: which file, and why."""
-
-    case_id: str
-    file: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.case_id}: {self.file}: {self.reason}"
-
-
 class InferenceFailed(RuntimeError):
     """Raised by :meth:`FolderReport.raise_for_failures` when studies failed (after the batch)."""
 
@@ -229,7 +216,7 @@ class FolderReport:
     output_dir: Path
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    failed: list[CaseFailure] = field(default_factory=list)
+    failed: list[CaseProblem] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -929,11 +916,11 @@ class Predictor:
                     for stage, seconds in result.timings.items():
                         report.timings[stage] = report.timings.get(stage, 0.0) + seconds
                 except CaseError as err:
-                    self._fail(report, CaseFailure(err.case_id, err.file, err.reason), bar)
+                    self._fail(report, CaseProblem(err.case_id, err.file, err.reason), bar)
                 except Exception as err:  # one bad study must not stop the batch
                     logger.debug("case %s failed", case.case_id, exc_info=True)
                     file = str(case.images[0]) if case.images else ""
-                    self._fail(report, CaseFailure(case.case_id, file, _describe(err)), bar)
+                    self._fail(report, CaseProblem(case.case_id, file, _describe(err)), bar)
                 write_tables()
                 bar.update(1)
         finally:
@@ -960,7 +947,7 @@ class Predictor:
         return _volume_row(case_id, region_volumes_ml(label, img.affine, convention))
 
     @staticmethod
-    def _fail(report: FolderReport, failure: CaseFailure, bar: Any) -> None:
+    def _fail(report: FolderReport, failure: CaseProblem, bar: Any) -> None:
         report.failed.append(failure)
         bar.write(f"FAILED {failure}", file=sys.stderr)
 
