@@ -225,7 +225,7 @@ def test_training_checkpoint_and_missing_files(data: dict[str, Path], tmp_path: 
     torch.save({"network": state, "optimizer": {"state": {}, "param_groups": []}}, latest)
     Predictor(BUNDLE, checkpoint=latest, overrides={"filters": TINY_FILTERS})
 
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found.*--checkpoint"):
         Predictor(BUNDLE, checkpoint=tmp_path / "nope.pt", overrides={"filters": TINY_FILTERS})
     with pytest.raises(FileNotFoundError, match="configs/train.json"):
         Predictor(tmp_path, network=torch.nn.Identity())

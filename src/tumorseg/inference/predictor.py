@@ -615,6 +615,11 @@ class Predictor:
     def _load_weights(self, network: torch.nn.Module, path: Path) -> None:
         from tumorseg.training import load_checkpoint
 
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"checkpoint not found: {path}; train the bundle first (make train, or make demo "
+                "for a synthetic model) or pass the weights with --checkpoint"
+            )
         state = _unwrap_state_dict(load_checkpoint(path, map_location="cpu"))
         own = network.state_dict()
         missing = sorted(set(own) - set(state))
