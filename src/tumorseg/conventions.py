@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "CHANNEL_ORDER",
+    "DEFAULT_BUNDLE",
     "CLASSES",
     "CONVENTIONS",
     "LAYOUTS",
@@ -39,6 +40,9 @@ __all__ = [
     "get_convention",
     "get_layout",
 ]
+
+#: The 3D bundle the CLI verbs use when ``--bundle`` is not given (relative to the repo root).
+DEFAULT_BUNDLE = "bundles/brats_mri_segmentation"
 
 #: Canonical modality names, in the channel order every manifest and bundle uses.
 CHANNEL_ORDER: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")

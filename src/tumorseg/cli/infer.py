@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ["register", "run"]
 
-_DEFAULT_BUNDLE = "bundles/brats_mri_segmentation"
+from tumorseg.conventions import DEFAULT_BUNDLE
 
 
 def register(subparsers: Any) -> None:
@@ -28,7 +28,7 @@ def register(subparsers: Any) -> None:
             "Studies already segmented are skipped, so a killed run can be rerun to finish."
         ),
     )
-    p.add_argument("--bundle", default=_DEFAULT_BUNDLE, help="bundle folder (default %(default)s)")
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle folder (default %(default)s)")
     p.add_argument("--input", required=True, help="folder of studies")
     p.add_argument("--output", required=True, help="folder for the masks (created)")
     p.add_argument("--checkpoint", help="network weights (default <bundle>/models/model.pt)")

@@ -26,7 +26,7 @@ def _nproc(value: str) -> int | str:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``launch`` verb to the ``tumorseg`` sub-parsers."""
-    from tumorseg.training.distributed import DEFAULT_BUNDLE
+    from tumorseg.conventions import DEFAULT_BUNDLE
 
     parser = subparsers.add_parser(
         "launch",

@@ -10,7 +10,7 @@ from typing import Any
 
 __all__ = ["register", "run"]
 
-_DEFAULT_BUNDLE = "bundles/brats_mri_segmentation"
+from tumorseg.conventions import DEFAULT_BUNDLE
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data", help="dataset folder with the images and reference labels")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=8050, help="TCP port (default %(default)s)")
-    p.add_argument("--bundle", default=_DEFAULT_BUNDLE, help="bundle for uploads (%(default)s)")
+    p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle for uploads (%(default)s)")
     p.add_argument(
         "--checkpoint",
         action="append",

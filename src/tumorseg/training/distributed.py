@@ -39,6 +39,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from tumorseg.conventions import DEFAULT_BUNDLE
+
 __all__ = [
     "BACKENDS",
     "DEFAULT_BUNDLE",
@@ -63,7 +65,6 @@ T = TypeVar("T")
 #: Accepted values of ``backend`` in :func:`init_distributed`.
 BACKENDS: tuple[str, ...] = ("auto", "nccl", "gloo")
 #: The bundle ``tumorseg launch`` runs unless told otherwise.
-DEFAULT_BUNDLE = "bundles/brats_mri_segmentation"
 #: Config files of a DDP training, relative to the bundle: the base, then the DDP overrides.
 DDP_CONFIGS: tuple[str, ...] = ("configs/train.json", "configs/multi_gpu_train.json")
 
