@@ -269,3 +269,17 @@ def test_a_tracker_rejects_bad_settings_naming_the_value() -> None:
         MLflowTracker(kind="train")
     with pytest.raises(ValueError, match="-1"):
         MLflowTracker(num_overlays=-1)
+
+
+def test_a_relative_sqlite_uri_is_resolved_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--tracking_uri sqlite:///mlflow.db` (three slashes: relative) is what users type first.
+    monkeypatch.chdir(tmp_path)
+    _train(tmp_path, "sqlite:///mlflow.db", epochs=1)
+    assert (tmp_path / "mlflow.db").is_file()
+    record = read_run_record(tmp_path / "models")
+    assert record is not None and record["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = mlflow.MlflowClient(record["tracking_uri"]).get_run(record["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())

@@ -18,11 +18,19 @@ ARTIFACT_DIR = "mlartifacts"
 
 
 def tracking_uri(uri: str = "") -> str:
-    """The tracking URI: ``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else local SQLite."""
+    """The tracking URI: ``uri`` if given, else ``$MLFLOW_TRACKING_URI``, else local SQLite.
+
+    A relative SQLite path (``sqlite:///mlflow.db``) is made absolute against the working
+    directory: the artifact folder beside it needs a ``file://`` URI, and a run record written
+    to ``ckpt_dir`` must still find the store from another directory.
+    """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if uri:
-        return uri
-    return f"sqlite:///{Path.cwd() / DB_NAME}"
+    if not uri:
+        return f"sqlite:///{Path.cwd() / DB_NAME}"
+    path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+    if path and not path.startswith(("/", ":memory:")):
+        return f"sqlite:///{Path.cwd() / path}"
+    return uri
 
 
 def artifact_location(uri: str = "") -> str | None:
