@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
-from _bundle_utils import CONFIGS, TINY
+from _bundle_utils import CONFIGS, TINY, bundle_cmd, run_ok
 from tumorseg.data.synthetic import generate_dataset
 from tumorseg.training import load_checkpoint
 
@@ -45,20 +46,11 @@ def _overrides(dataset: Path, work: Path, **more: Any) -> dict[str, Any]:
 
 
 def _cli(workflow: str, configs: list[str], overrides: dict[str, Any]) -> list[str]:
-    files = [str(CONFIGS / c) for c in configs]
-    config = files[0] if len(files) == 1 else str(files)
-    cmd = [sys.executable, "-m", "monai.bundle", "run", workflow]
-    cmd += ["--meta_file", str(CONFIGS / "metadata.json"), "--config_file", config]
-    cmd += ["--logging_file", str(CONFIGS / "logging.conf")]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value).replace(" ", "")]
-    return cmd
+    return bundle_cmd(CONFIGS, workflow, configs, overrides)
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_ok(cmd, cwd)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +117,27 @@ def test_evaluate_workflow_scores_the_best_model(dataset: Path, trained: Path) -
     report = (trained / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
     assert len(report) == 1 + 2  # header + the 2 validation cases of fold 0
     assert (trained / "eval" / "metrics.csv").read_text().count("val_dice_") == 3
+
+
+def test_positive_patches_are_centred_on_edema_only_tumour_too() -> None:
+    # MONAI's RandCropByPosNegLabeld reads the 3 region channels as one-hot and drops WT; a
+    # tumour with no core then never gave a positive patch.
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+    from monai.transforms import Compose
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({**TINY, "roi_size": [16, 16, 16], "num_samples": 60})
+    transforms = Compose(parser.get_parsed_content("train#random_transforms"))
+    transforms.set_random_state(seed=0)
+    image = np.ones((4, 64, 64, 64), np.float32)
+    label = np.zeros((3, 64, 64, 64), np.float32)
+    label[0, 40:46, 40:46, 40:46] = 1.0  # WT only: edema without core
+    samples = transforms({"image": MetaTensor(image), "label": MetaTensor(label)})
+    assert len(samples) == 60 and all("tumour" not in s for s in samples)
+    share = float(np.mean([float(s["label"].sum()) > 0 for s in samples]))
+    assert share >= 0.6, share  # pos 2 : neg 1; a random 16^3 patch hits it ~4 % of the time
 
 
 def test_verify_net_in_out_accepts_the_network(tmp_path: Path) -> None:

@@ -100,3 +100,32 @@ def test_regions_to_labels_innermost_wins_and_thresholds() -> None:
 def test_regions_to_labels_rejects_wrong_channel_count() -> None:
     with pytest.raises(ValueError, match=r"\(2, 4, 4\)"):
         regions_to_labels(np.zeros((2, 4, 4)), "brats2021")
+
+
+def test_tumour_mask_is_the_union_of_the_regions_where_monai_would_drop_wt() -> None:
+    from monai.data import MetaTensor
+    from monai.transforms.utils import map_binary_to_indices
+
+    from tumorseg.transforms import TumourMaskd, tumour_mask
+
+    regions = np.zeros((3, 6, 6, 4), np.float32)
+    regions[0, 1:3, 1:3, 0] = 1  # edema only on slice 0: WT without TC or ET
+    regions[:2, 3:5, 3:5, 2] = 1  # core on slice 2: WT and TC
+    # MONAI reads a multi-channel label as one-hot and drops channel 0, i.e. WT: the
+    # edema-only slice would never count as foreground for RandCropByPosNegLabeld.
+    fg, _ = map_binary_to_indices(regions)
+    assert len(fg) == 4
+    mask = tumour_mask(regions)
+    assert mask.shape == (1, 6, 6, 4) and mask.dtype == np.uint8
+    assert int(mask.sum()) == 8 and mask[0, :, :, 0].sum() == 4
+    fg, _ = map_binary_to_indices(mask)
+    assert len(fg) == 8
+
+    data = {"label": MetaTensor(torch.as_tensor(regions)), "image": 1}
+    out = TumourMaskd("label", output_key="tumour")(data)
+    assert out["image"] == 1 and out["label"] is data["label"]
+    assert torch.equal(torch.as_tensor(out["tumour"]), torch.as_tensor(mask))
+    with pytest.raises(ValueError, match=r"got \(5,\)"):
+        tumour_mask(np.zeros(5))
+    with pytest.raises(ValueError, match="one key"):
+        TumourMaskd(["label", "image"], output_key="tumour")

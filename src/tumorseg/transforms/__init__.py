@@ -1,12 +1,15 @@
-"""Transforms MONAI lacks: label maps <-> region channels for every convention."""
+"""Transforms MONAI lacks: label maps <-> region channels for every convention, and the
+tumour mask that MONAI's label-driven crops need for region channels."""
 
 from tumorseg.transforms.labels import (
     LabelsToRegions,
     LabelsToRegionsd,
     RegionsToLabels,
     RegionsToLabelsd,
+    TumourMaskd,
     labels_to_regions,
     regions_to_labels,
+    tumour_mask,
 )
 
 __all__ = [
@@ -14,6 +17,8 @@ __all__ = [
     "LabelsToRegionsd",
     "RegionsToLabels",
     "RegionsToLabelsd",
+    "TumourMaskd",
     "labels_to_regions",
     "regions_to_labels",
+    "tumour_mask",
 ]
