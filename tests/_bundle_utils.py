@@ -1,12 +1,16 @@
-"""Settings shared by the tests that run the 3D bundle through MONAI's CLI."""
+"""Settings and commands shared by the tests that run bundles through MONAI's CLI."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 #: The 3D bundle's configs folder.
-CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_segmentation" / "configs"
+CONFIGS = BUNDLES / "brats_mri_segmentation" / "configs"
 
 #: Small enough for two CPU cores: 32^3 volumes, a narrow network, one patch per case.
 TINY: dict[str, Any] = {
@@ -19,3 +23,32 @@ TINY: dict[str, Any] = {
     "num_folds": 3,
     "sw_batch_size": 2,
 }
+
+
+def bundle_cmd(
+    configs: Path, workflow: str, files: Sequence[str], overrides: Mapping[str, Any]
+) -> list[str]:
+    """``python -m monai.bundle run <workflow>`` of ``files`` (names in ``configs``).
+
+    Override values are passed as their Python repr without spaces (``[4,8]``, ``True``),
+    which is how MONAI's command line parses them.
+    """
+    paths = [str(configs / f) for f in files]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", workflow]
+    cmd += ["--meta_file", str(configs / "metadata.json")]
+    cmd += ["--config_file", paths[0] if len(paths) == 1 else str(paths)]
+    cmd += ["--logging_file", str(configs / "logging.conf")]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value).replace(" ", "")]
+    return cmd
+
+
+def run_ok(
+    cmd: list[str], cwd: Path, *, timeout: float = 600, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd``; fail the test with the end of its output unless it exits 0."""
+    proc = subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env and dict(env)
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from _bundle_utils import CONFIGS, TINY  # noqa: F401 (re-exported to the tracking tests)
+from _bundle_utils import bundle_cmd as _bundle_cmd
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -110,13 +111,7 @@ def bundle_cmd(dataset: Path, work: Path, **overrides: Any) -> list[str]:
         "output_dir": str(work / "eval"),
         **overrides,
     }
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training"]
-    cmd += ["--meta_file", str(CONFIGS / "metadata.json")]
-    cmd += ["--config_file", str(CONFIGS / "train.json")]
-    cmd += ["--logging_file", str(CONFIGS / "logging.conf")]
-    for key, value in values.items():
-        cmd += [f"--{key}", str(value).replace(" ", "")]
-    return cmd
+    return _bundle_cmd(CONFIGS, "training", ["train.json"], values)
 
 
 def bundle_env() -> dict[str, str]:

@@ -24,6 +24,7 @@ from _tracking_utils import (
     printed_metrics,
 )
 
+from _bundle_utils import CONFIGS
 from tumorseg.cli import main
 from tumorseg.tracking import read_run_record
 from tumorseg.training import load_checkpoint
@@ -99,7 +100,8 @@ def test_server_run_has_params_metrics_artifacts_and_compare_matches_the_printed
     assert run.info.run_name.startswith("dynunet-fold0-")
 
     params = run.data.params
-    assert params["bundle"] == "brats_mri_segmentation" and params["bundle_version"] == "0.1.0"
+    version = json.loads((CONFIGS / "metadata.json").read_text())["version"]
+    assert params["bundle"] == "brats_mri_segmentation" and params["bundle_version"] == version
     assert params["roi_size"] == "[32, 32, 32]" and params["fold"] == "0"
     assert params["loss"] == "DiceCELoss" and params["device"] == "cpu"
     assert params["torch_version"] == torch.__version__
