@@ -2,6 +2,8 @@
 
 * :class:`TransUNet`: CNN encoder, transformer bottleneck, U-Net decoder (2D/3D);
 * :class:`ResEncUNet`: U-Net with a MedicalNet-compatible 3D ResNet encoder;
+* :class:`MobileNetV2Encoder`: torchvision-named MobileNetV2 encoders, registered on import as
+  MONAI ``FlexibleUNet`` backbones ``mobilenetv2_035`` ... ``mobilenetv2_140``;
 * :func:`load_pretrained`: the one loader of pretrained weights (own checkpoints, MedicalNet,
   self-supervised Swin encoders), with a :class:`LoadReport`;
 * :func:`param_groups`, :class:`FreezeEncoder`, :func:`pretrained_network`,
@@ -23,6 +25,12 @@ from tumorseg.networks.finetune import (
     pretrained_tags,
     with_tags,
 )
+from tumorseg.networks.mobilenet import (
+    INVERTED_RESIDUAL_SETTINGS,
+    MOBILENETV2_WIDTHS,
+    MobileNetV2Encoder,
+    register_flexible_unet_backbones,
+)
 from tumorseg.networks.pretrained import (
     NAME_MAPS,
     LoadReport,
@@ -35,10 +43,13 @@ from tumorseg.networks.transunet import TransUNet
 
 __all__ = [
     "ENCODER_PREFIXES",
+    "INVERTED_RESIDUAL_SETTINGS",
+    "MOBILENETV2_WIDTHS",
     "NAME_MAPS",
     "RESNET_LAYERS",
     "FreezeEncoder",
     "LoadReport",
+    "MobileNetV2Encoder",
     "PretrainedMismatchError",
     "ResEncUNet",
     "TransUNet",
@@ -50,5 +61,6 @@ __all__ = [
     "pretrained_network",
     "pretrained_tags",
     "read_state_dict",
+    "register_flexible_unet_backbones",
     "with_tags",
 ]

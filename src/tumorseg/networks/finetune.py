@@ -225,6 +225,7 @@ ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
     "SwinUNETR": ("swinViT.",),
     "TransUNet": ("encoder.", "bottleneck."),
     "ResEncUNet": ("encoder.",),
+    "FlexibleUNet": ("encoder.",),
 }
 
 

@@ -278,7 +278,12 @@ def _adapt_first_conv(
     if strategy == "skip":
         return None, ""
     if strategy == "mean":
-        weight, src_c = weight.mean(dim=1, keepdim=True), 1
+        # Scaled by the checkpoint's own channel count: N identical inputs then give the
+        # response of C identical inputs, the scale the rest of the encoder was trained on.
+        mean = weight.mean(dim=1, keepdim=True).repeat(1, dst_c, *([1] * (weight.ndim - 2)))
+        return mean * (src_c / dst_c), (
+            f"{src_c} -> {dst_c} input channels, mean filter x {src_c}/{dst_c}"
+        )
     reps = -(-dst_c // src_c)  # ceil
     tiled = weight.repeat(1, reps, *([1] * (weight.ndim - 2)))[:, :dst_c]
     if strategy == "copy":
