@@ -67,7 +67,9 @@ class EncodedRegions(torch.nn.Module):
             raise KeyboardInterrupt
         if self.delay:
             time.sleep(self.delay)
-        t = torch.tensor(self.thresholds, dtype=x.dtype, device=x.device).view(1, 3, 1, 1, 1)
+        # Pointwise, so it serves 3D windows and the 2D slices of a slice-wise bundle alike.
+        shape = (1, 3, *([1] * (x.ndim - 2)))
+        t = torch.tensor(self.thresholds, dtype=x.dtype, device=x.device).view(shape)
         # Background (exactly 0 after normalisation) must stay below 0.5 for any threshold.
         return torch.where(x[:, :3] == 0, -10.0, 20.0 * (x[:, :3] - t) - 1.0)
 

@@ -301,14 +301,17 @@ def locate_bundle(default: str = ".") -> str:
     return default
 
 
-def _check_roi_size(value: Any) -> list[int]:
+def _check_roi_size(value: Any, ndim: int) -> list[int]:
+    """``ndim`` positive sizes: 3 for a 3D bundle, 2 for a slice-wise bundle's in-plane window."""
     try:
         sizes = [int(v) for v in value]
-        ok = len(sizes) == 3 and all(s > 0 and s == v for s, v in zip(sizes, value, strict=True))
+        ok = len(sizes) == ndim and all(s > 0 and s == v for s, v in zip(sizes, value, strict=True))
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"roi_size must be 3 positive integers, got {value!r}")
+        raise ValueError(
+            f"roi_size must be {ndim} positive integers for this bundle, got {value!r}"
+        )
     return sizes
 
 
@@ -488,7 +491,8 @@ class Predictor:
                 parser[key] = value
         explicit: dict[str, Any] = {}
         if roi_size is not None:
-            explicit["roi_size"] = _check_roi_size(roi_size)
+            bundle_roi = parser.get_parsed_content("roi_size") if "roi_size" in parser else (0,) * 3
+            explicit["roi_size"] = _check_roi_size(roi_size, len(bundle_roi))
         if sw_batch_size is not None:
             explicit["sw_batch_size"] = _check_sw_batch_size(sw_batch_size)
         if overlap is not None:
