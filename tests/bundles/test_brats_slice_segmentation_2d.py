@@ -244,6 +244,29 @@ def test_a_pretrained_encoder_is_loaded_from_a_local_file(tmp_path: Path) -> Non
         torch.testing.assert_close(own[f"encoder.{key}"], source[key], msg=key)
 
 
+def test_mobilenet_encoder_fine_tunes_from_a_local_file_through_the_bundle(
+    dataset: Path, tmp_path: Path
+) -> None:
+    from tumorseg.networks import MobileNetV2Encoder
+
+    torch.manual_seed(2)
+    source = MobileNetV2Encoder(in_channels=3).state_dict()
+    weights = tmp_path / "mobilenet_v2-imagenet.pth"
+    torch.save({**source, "classifier.1.weight": torch.zeros(1000, 1280)}, weights)
+    settings = _overrides(dataset, tmp_path, epochs=1, pretrained=str(weights), val_interval=2)
+    files = ["train.json", "networks/mobilenetv2.json"]
+    proc = run_ok(bundle_cmd(CONFIGS, "training", files, settings), tmp_path, env=_env())
+    assert "100.0% of the encoder" in proc.stdout + proc.stderr  # the load report
+    client = mlflow.MlflowClient(settings["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("tumorseg-brats").experiment_id])
+    assert run.data.params["network"] == "flexunet-mobilenetv2_100"
+    assert run.data.params["pretrained"] == str(weights)
+    assert run.data.tags["tumorseg.pretrained.sha256"]
+    trained = torch.load(tmp_path / "models" / "checkpoint_latest.pt", weights_only=True)
+    first = trained["network"]["encoder.features.0.0.weight"]
+    assert first.shape == (32, 4, 3, 3)  # RGB stem fitted to the 4 MRI channels, then trained
+
+
 def test_a_checkpoint_of_another_encoder_is_refused(tmp_path: Path) -> None:
     from monai.networks.nets import resnet18
 
@@ -284,3 +307,31 @@ def test_metadata_declares_four_channels_and_three_regions() -> None:
     assert fmt["inputs"]["image"]["num_channels"] == len(CHANNEL_ORDER)
     assert fmt["outputs"]["pred"]["channel_def"] == {"0": "WT", "1": "TC", "2": "ET"}
     assert meta["version"] in meta["changelog"]
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_validation_equals_a_single_process_evaluation(
+    dataset: Path, tmp_path: Path
+) -> None:
+    # 2 folds: 3 validation studies, split 2 + 1 over the ranks. The network has BatchNorm,
+    # whose running statistics each rank updates on its own shard of slices.
+    settings = _overrides(dataset, tmp_path, epochs=1, num_folds=2, experiment_name="ddp-2d")
+    tumorseg = str(Path(sys.executable).parent / "tumorseg")
+    cmd = [tumorseg, "launch", "--nproc-per-node", "2", "--bundle", str(BUNDLE), "--"]
+    for key, value in settings.items():
+        cmd += [f"--{key}", str(value).replace(" ", "")]
+    run_ok(cmd, tmp_path, env=_env())
+    files = sorted(p.name for p in (tmp_path / "models").iterdir() if p.is_file())
+    assert files == ["checkpoint_latest.pt", "mlflow_run.json", "model.pt"]  # rank 0 only
+    client = mlflow.MlflowClient(settings["tracking_uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("ddp-2d").experiment_id])
+    assert run.data.params["world_size"] == "2"
+
+    evaluate = {**settings, "log_mlflow": False}
+    run_ok(bundle_cmd(CONFIGS, "evaluating", ["train.json", "evaluate.json"], evaluate), tmp_path)
+    rows = (tmp_path / "eval" / "metrics.csv").read_text().split()
+    single = {k: float(v) for k, v in (row.split(",") for row in rows)}
+    per_case = (tmp_path / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert len(per_case) == 1 + 3
+    for key in ("val_mean_dice", "val_dice_wt", "val_dice_tc", "val_dice_et"):
+        assert run.data.metrics[key] == pytest.approx(single[key], abs=1e-6), key
