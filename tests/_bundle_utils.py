@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -25,22 +26,25 @@ TINY: dict[str, Any] = {
 }
 
 
+def override_args(overrides: Mapping[str, Any]) -> list[str]:
+    """``--key value`` pairs of MONAI's command line: values as Python reprs without spaces
+    (``[4,8]``, ``True``), which is how ``monai.bundle`` parses them."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    return args
+
+
 def bundle_cmd(
     configs: Path, workflow: str, files: Sequence[str], overrides: Mapping[str, Any]
 ) -> list[str]:
-    """``python -m monai.bundle run <workflow>`` of ``files`` (names in ``configs``).
-
-    Override values are passed as their Python repr without spaces (``[4,8]``, ``True``),
-    which is how MONAI's command line parses them.
-    """
+    """``python -m monai.bundle run <workflow>`` of ``files`` (names in ``configs``)."""
     paths = [str(configs / f) for f in files]
     cmd = [sys.executable, "-m", "monai.bundle", "run", workflow]
     cmd += ["--meta_file", str(configs / "metadata.json")]
     cmd += ["--config_file", paths[0] if len(paths) == 1 else str(paths)]
     cmd += ["--logging_file", str(configs / "logging.conf")]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value).replace(" ", "")]
-    return cmd
+    return cmd + override_args(overrides)
 
 
 def run_ok(
@@ -52,3 +56,10 @@ def run_ok(
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

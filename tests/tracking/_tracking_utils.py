@@ -6,7 +6,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,14 @@ from typing import Any
 
 import pytest
 
-from _bundle_utils import CONFIGS, TINY  # noqa: F401 (re-exported to the tracking tests)
+from _bundle_utils import (  # noqa: F401 (re-exported to the tracking tests)
+    CONFIGS,
+    TINY,
+    free_port,  # noqa: F401 (re-exported to the tracking tests)
+)
 from _bundle_utils import bundle_cmd as _bundle_cmd
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

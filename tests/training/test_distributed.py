@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import pytest
 import torch
 
 from _bundle_utils import TINY as BUNDLE_TINY
+from _bundle_utils import free_port, override_args
 from tumorseg.cli import main
 from tumorseg.training import load_checkpoint
 from tumorseg.training.distributed import (
@@ -196,12 +196,6 @@ def test_rank_agreement_stops_ranks_that_resumed_from_different_checkpoints(
         RankAgreement()(engine)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_single_rank_group_gives_a_cpu_context_and_validation_shards(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -211,7 +205,7 @@ def test_single_rank_group_gives_a_cpu_context_and_validation_shards(
         "LOCAL_RANK": "0",
         "LOCAL_WORLD_SIZE": "1",
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
     }
     for name, value in env.items():  # what torchrun sets; env:// reads them from os.environ
         monkeypatch.setenv(name, value)
@@ -252,10 +246,7 @@ def _overrides(dataset: Path, work: Path, **more: Any) -> list[str]:
         "experiment_name": "ddp-test",
         **more,
     }
-    args: list[str] = []
-    for key, value in values.items():
-        args += [f"--{key}", str(value).replace(" ", "")]
-    return args
+    return override_args(values)
 
 
 def _launch(dataset: Path, work: Path, **more: Any) -> list[str]:
@@ -373,3 +364,42 @@ def test_killed_rank_stops_the_job_and_a_restart_resumes(dataset: Path, tmp_path
     assert load_checkpoint(latest)["trainer"]["iteration"] == epochs * ITERATIONS_PER_EPOCH
     runs = _mlflow_runs(tmp_path)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the resumed run continued
+
+
+_BUFFERS_SCRIPT = """
+import json, sys
+import torch
+import torch.distributed as dist
+from tumorseg.training.distributed import SyncBuffers
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.BatchNorm2d(4))
+ddp = torch.nn.parallel.DistributedDataParallel(net)
+for step in range(2):  # each rank normalises its own shard: running statistics drift apart
+    ddp(torch.randn(4, 2, 8, 8) * (1 + rank) + rank).sum().backward()
+
+def gathered():
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, net[1].running_mean.tolist())
+    return out
+
+before = gathered()
+SyncBuffers(net)(None)  # what the evaluator runs at STARTED
+after = gathered()
+if rank == 0:
+    json.dump({"before": before, "after": after}, open(sys.argv[1], "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_validation_sees_rank_0_batchnorm_statistics_on_every_rank(tmp_path: Path) -> None:
+    script = tmp_path / "buffers.py"
+    script.write_text(_BUFFERS_SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    cmd += ["--master-port", str(free_port()), str(script), str(tmp_path / "out.json")]
+    _run(cmd, tmp_path, timeout=120)
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["before"][0] != result["before"][1]  # what each rank would validate with
+    assert result["after"][0] == result["after"][1] == result["before"][0]

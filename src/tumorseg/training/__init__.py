@@ -57,6 +57,8 @@ __all__ = [
 from tumorseg.training.distributed import (  # noqa: E402
     DistributedContext,
     RankAgreement,
+    SyncBuffers,
+    broadcast_buffers,
     cleanup_distributed,
     format_command,
     init_distributed,
@@ -71,6 +73,8 @@ from tumorseg.training.distributed import (  # noqa: E402
 __all__ += [
     "DistributedContext",
     "RankAgreement",
+    "SyncBuffers",
+    "broadcast_buffers",
     "cleanup_distributed",
     "format_command",
     "init_distributed",

@@ -47,6 +47,8 @@ __all__ = [
     "DDP_CONFIGS",
     "DistributedContext",
     "RankAgreement",
+    "SyncBuffers",
+    "broadcast_buffers",
     "cleanup_distributed",
     "format_command",
     "init_distributed",
@@ -390,6 +392,47 @@ class RankAgreement:
                 f"ranks start from different checkpoints ({table}): ckpt_dir must be on a "
                 "filesystem every node can read, or removed on all of them for a fresh start"
             )
+
+
+def broadcast_buffers(module: Any, *, src: int = 0) -> int:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank, in place.
+
+    Returns:
+        How many buffers were sent; 0 outside a process group or with one process.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return 0
+    buffers = list(getattr(module, "module", module).buffers())  # a DDP wrapper too
+    for buf in buffers:
+        dist.broadcast(buf.data, src=src)
+    return len(buffers)
+
+
+class SyncBuffers:
+    """Give every rank rank 0's buffers when a validation starts (attach to the evaluator).
+
+    DDP sends rank 0's buffers to the others at the start of each training forward pass, and
+    each rank then updates its BatchNorm running statistics on its own shard. Validation runs
+    each rank's bare network on its share of the cases, so without this the ranks score with
+    statistics that differ from each other and from the checkpoint rank 0 saves. Networks
+    without buffers (instance norm) make it a no-op.
+
+    Args:
+        network: the network the evaluator runs (a DDP wrapper is unwrapped).
+    """
+
+    def __init__(self, network: Any) -> None:
+        self.network = network
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Any = None) -> None:
+        broadcast_buffers(self.network)
 
 
 def torchrun_command(
