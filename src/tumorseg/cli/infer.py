@@ -1,7 +1,13 @@
 """`tumorseg infer`: segment a folder of studies with a bundle (see :mod:`tumorseg.inference`).
 
+A bundle that trains on LGG kaggle_3m slices (``bundles/lgg_flair_segmentation_2d``, detected by
+:func:`tumorseg.data.lgg.is_lgg_bundle`) segments a kaggle_3m folder instead, through its own
+``inference.json`` (:func:`tumorseg.data.lgg.segment_with_bundle`), writing
+``<patient>/<patient>_<n>_mask.tif``.
+
 Exit codes: 0 all studies segmented (or already done), 1 some studies failed (the others were
-still segmented; see ``failures.csv``), 2 usage or configuration error, 130 interrupted.
+still segmented; see ``failures.csv``; kaggle_3m: the bad files are listed on stderr), 2 usage
+or configuration error, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -21,11 +27,16 @@ def register(subparsers: Any) -> None:
     """Add the ``infer`` verb."""
     p = subparsers.add_parser(
         "infer",
-        help="segment a folder of studies (BraTS 2020/2021/2023, MSD or custom naming)",
+        help="segment a folder of studies (BraTS 2020/2021/2023, MSD or custom naming) or of "
+        "LGG kaggle_3m slices",
         description=(
             "Segment every study of a folder into <output>/<case_id>.nii.gz (uint8 labels, same "
             "shape, affine and qform/sform as the input), with volumes.csv and failures.csv. "
-            "Studies already segmented are skipped, so a killed run can be rerun to finish."
+            "Studies already segmented are skipped, so a killed run can be rerun to finish. "
+            "With an LGG 2D bundle (--bundle bundles/lgg_flair_segmentation_2d) the input is a "
+            "kaggle_3m folder and the output <patient>/<patient>_<n>_mask.tif (0/255) in the "
+            "same layout; only --checkpoint, --overwrite, --device, --config-file and "
+            "--override apply then."
         ),
     )
     p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle folder (default %(default)s)")
@@ -43,7 +54,13 @@ def register(subparsers: Any) -> None:
         help="custom file naming, e.g. flair=_FLAIR,t1=_T1,t1ce=_T1CE,t2=_T2",
     )
     p.add_argument("--layout", choices=["brats2021", "brats2023", "msd"], help="force a layout")
-    p.add_argument("--roi-size", type=int, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument(
+        "--roi-size",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="window: X Y Z (3D), X Y (slice-wise 2D)",
+    )
     p.add_argument("--sw-batch-size", type=int, metavar="N")
     p.add_argument("--overlap", type=float, metavar="F", help="sliding-window overlap in [0, 1)")
     p.add_argument("--tta", action="store_true", help="average over the 8 mirrorings (8x slower)")
@@ -92,9 +109,65 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+#: Options of 3D inference only, and their defaults (an LGG bundle refuses other values).
+_3D_ONLY = {
+    "label_convention": None,
+    "modality_suffixes": None,
+    "layout": None,
+    "roi_size": None,
+    "sw_batch_size": None,
+    "overlap": None,
+    "tta": False,
+    "save_probabilities": False,
+}
+
+
+def _run_lgg(args: argparse.Namespace) -> int:
+    """Segment a kaggle_3m folder with an LGG bundle; exit 1 when some files failed."""
+    from tumorseg.cli import CliError
+    from tumorseg.data.lgg import segment_with_bundle
+
+    for name, default in _3D_ONLY.items():
+        value = getattr(args, name)
+        if value != default:
+            option = "--" + name.replace("_", "-")
+            raise CliError(
+                f"{option} does not apply to the 2D bundle {args.bundle} (kaggle_3m slices), "
+                f"got {value!r}"
+            )
+    report = segment_with_bundle(
+        args.bundle,
+        args.input,
+        args.output,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        overwrite=args.overwrite,
+        config_files=args.config_file,
+        overrides=_overrides(args.override),
+    )
+    patients = len({path.parent for path in report.written})
+    print(
+        f"tumorseg infer: wrote {len(report.written)} masks of {patients} patient(s) to "
+        f"{args.output}"
+    )
+    if report.failures:
+        print(
+            f"tumorseg infer: {len(report.failures)} problem(s); the other slices were written:",
+            file=sys.stderr,
+        )
+        for failure in report.failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``tumorseg infer``; returns the exit code."""
+    from tumorseg.data.lgg import is_lgg_bundle
     from tumorseg.inference import Predictor
+
+    if is_lgg_bundle(args.bundle):
+        return _run_lgg(args)
 
     try:
         previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)

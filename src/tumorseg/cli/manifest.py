@@ -1,4 +1,9 @@
-"""`tumorseg manifest`: build a dataset manifest, or check a copy of a dataset against one."""
+"""`tumorseg manifest`: build a dataset manifest, or check a copy of a dataset against one.
+
+3D layouts go through :mod:`tumorseg.data.manifest`; a kaggle_3m folder of LGG slices
+(``--layout kaggle_3m``, or detected) through :mod:`tumorseg.data.lgg`, with the same exit
+codes: 2 listing every bad file unless ``--skip-bad``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Any
 
 __all__ = ["register", "run"]
 
-_LAYOUT_CHOICES = ("brats2021", "brats2023", "msd")
+_LAYOUT_CHOICES = ("brats2021", "brats2023", "msd", "kaggle_3m")
 
 
 def register(subparsers: Any) -> None:
@@ -17,8 +22,9 @@ def register(subparsers: Any) -> None:
         help="list, check and fold the cases of a dataset folder into a manifest JSON",
         description=(
             "Discover the cases of DATASET_DIR (BraTS 2018-2021, BraTS 2023+ or MSD Task01 "
-            "layout, or custom suffixes), check every file, assign patient-level folds and "
-            "write a manifest. Exits 2 listing every bad case unless --skip-bad."
+            "layout, or custom suffixes; or the LGG kaggle_3m slices, one item per slice), "
+            "check every file, assign patient-level folds and write a manifest. Exits 2 "
+            "listing every bad case (kaggle_3m: every bad file) unless --skip-bad."
         ),
     )
     parser.add_argument("dataset_dir", metavar="DATASET_DIR", help="dataset folder")
@@ -31,7 +37,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (5)")
     parser.add_argument("--seed", type=int, default=0, help="fold seed (0)")
     parser.add_argument(
-        "--skip-bad", action="store_true", help="leave bad cases out (listed under 'skipped')"
+        "--skip-bad",
+        action="store_true",
+        help="leave bad cases out (listed under 'skipped'; kaggle_3m: bad files, under 'problems')",
     )
     parser.add_argument(
         "--modality-suffixes",
@@ -71,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         write_manifest,
     )
 
+    if _is_kaggle_3m(args):
+        return _run_kaggle_3m(args)
     progress = not args.no_progress
     if args.check:
         problems = validate_manifest_against(
@@ -112,5 +122,78 @@ def run(args: argparse.Namespace) -> int:
     print(f"skipped cases:    {len({s['case_id'] for s in skipped})}")
     for problem in skipped:
         print(f"  {problem['case_id']}: {problem['file']}: {problem['reason']}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _is_kaggle_3m(args: argparse.Namespace) -> bool:
+    """Whether this run is about LGG kaggle_3m slices: asked for, or detected."""
+    from tumorseg.data.lgg import LGG_LAYOUT, looks_like_kaggle_3m
+    from tumorseg.io import read_json
+
+    if args.layout is not None:
+        return bool(args.layout == LGG_LAYOUT)
+    if args.check:
+        manifest = read_json(args.check, what="manifest")
+        return isinstance(manifest, dict) and manifest.get("layout") == LGG_LAYOUT
+    return looks_like_kaggle_3m(args.dataset_dir)
+
+
+def _run_kaggle_3m(args: argparse.Namespace) -> int:
+    """The verb on a kaggle_3m folder; bad files raise ``LGGDatasetError`` (exit 2)."""
+    from tumorseg.cli import CliError
+    from tumorseg.data.lgg import (
+        LGGDatasetError,
+        build_lgg_manifest,
+        check_lgg_dataset,
+        load_lgg_manifest,
+        write_lgg_manifest,
+    )
+
+    # 3D naming options: refused rather than ignored, so a wrong --layout shows at once.
+    for option, value in (
+        ("--label-convention", args.label_convention),
+        ("--modality-suffixes", args.modality_suffixes),
+        ("--label-suffix", args.label_suffix),
+    ):
+        if value is not None:
+            raise CliError(f"{option} does not apply to kaggle_3m slices, got {value!r}")
+    if args.check:
+        problems = check_lgg_dataset(args.dataset_dir, load_lgg_manifest(args.check))
+        if problems:
+            raise LGGDatasetError(
+                f"{args.dataset_dir} does not match {args.check}: {len(problems)} problem(s):\n"
+                + "\n".join(problems)
+            )
+        print(f"{args.dataset_dir} holds every slice of {args.check}")
+        return 0
+    if not args.output:
+        raise ValueError("-o/--output is required (the manifest file to write), or use --check")
+    manifest = build_lgg_manifest(
+        args.dataset_dir,
+        num_folds=args.folds,
+        seed=args.seed,
+        name=args.name or "",
+        description=args.description or "",
+    )
+    problems = manifest["problems"]
+    if problems and not args.skip_bad:
+        raise LGGDatasetError(
+            f"{len(problems)} problem(s) in {args.dataset_dir}; fix them or leave the files out "
+            "(--skip-bad):\n" + "\n".join(problems)
+        )
+    path = write_lgg_manifest(manifest, args.output)
+    patients = {item["patient"]: item["fold"] for item in manifest["training"]}
+    sizes = [0] * int(manifest["num_folds"])
+    for fold in patients.values():
+        sizes[fold] += 1
+    testing = {item["patient"] for item in manifest["testing"]}
+    print(f"layout:              {manifest['layout']}")
+    print(f"training slices:     {len(manifest['training'])} of {len(patients)} patients")
+    print(f"testing slices:      {len(manifest['testing'])} of {len(testing)} patients")
+    print(f"patients per fold:   {' '.join(f'{f}:{n}' for f, n in enumerate(sizes))}")
+    print(f"problems (skipped):  {len(problems)}")
+    for problem in problems:
+        print(f"  {problem}")
     print(f"wrote {path}")
     return 0

@@ -63,16 +63,21 @@ __all__ = [
     "LGGPatient",
     "LGGSlice",
     "build_lgg_manifest",
+    "check_lgg_dataset",
     "discover_kaggle_3m",
     "ensure_lgg_demo_dataset",
     "generate_kaggle_3m",
+    "is_lgg_bundle",
     "lgg_datalist",
     "load_lgg_manifest",
+    "load_network_weights",
+    "looks_like_kaggle_3m",
     "overlap_scores",
     "parse_slice_name",
     "remove_isolated_false_positives",
     "score_patients",
     "segment_kaggle_3m_folder",
+    "segment_with_bundle",
     "stack_patient",
     "write_lgg_manifest",
 ]
@@ -304,6 +309,25 @@ def discover_kaggle_3m(root: str | os.PathLike[str]) -> LGGDiscovery:
     return found
 
 
+def looks_like_kaggle_3m(root: str | os.PathLike[str]) -> bool:
+    """True when ``root`` (or ``root/kaggle_3m``) has a patient folder holding its slices.
+
+    A cheap test to pick the layout of a folder (``tumorseg manifest`` without ``--layout``):
+    a sub-folder ``<patient>`` holding a file named ``<patient>_<n>.tif`` or
+    ``<patient>_<n>_mask.tif``. Nothing is opened.
+    """
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        return False
+    base = _resolve_root(path)
+    for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for entry in folder.iterdir():
+            parsed = parse_slice_name(entry.name)
+            if parsed is not None and parsed[0] == folder.name:
+                return True
+    return False
+
+
 # --------------------------------------------------------------------------- manifests
 
 
@@ -412,6 +436,56 @@ def load_lgg_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     manifest = read_json(path, what="LGG manifest", error=LGGDatasetError)
     _check_lgg_manifest(manifest, source=f"LGG manifest {str(path)!r}")
     return dict(manifest)
+
+
+def check_lgg_dataset(
+    dataset_dir: str | os.PathLike[str], manifest: Mapping[str, Any]
+) -> list[str]:
+    """What stops ``dataset_dir`` from serving ``manifest``: one line per slice, naming the file.
+
+    Every slice the manifest lists must be a usable slice of the folder (the image, and its
+    mask where the manifest has a label). Bad files the manifest does not use are not
+    reported: they do not change what training reads.
+
+    Args:
+        dataset_dir: a kaggle_3m folder (or its parent), e.g. a copy of the one the manifest
+            was built from.
+        manifest: an LGG manifest (:func:`load_lgg_manifest`).
+
+    Returns:
+        ``"<case_id>: <path>: <what is wrong>"`` lines; empty when every slice is there.
+    """
+    try:
+        found = discover_kaggle_3m(dataset_dir)
+    except LGGDatasetError as err:
+        return [str(err)]
+    usable: dict[str, str | None] = {}
+    for patient in found.patients:
+        for s in patient.slices:
+            mask = s.mask.relative_to(found.root).as_posix() if s.mask is not None else None
+            usable[s.image.relative_to(found.root).as_posix()] = mask
+    # Discovery's problem lines start with the absolute path of the file they are about.
+    known: dict[str, str] = {}
+    for line in found.problems:
+        known.setdefault(line.split(": ", 1)[0], line)
+    out = []
+    for key in ("training", "testing"):
+        for entry in manifest[key]:
+            image, label = str(entry["image"]), entry.get("label")
+            if image in usable and (label is None or usable[image] == label):
+                continue
+            files = [found.root / image] + ([found.root / str(label)] if label else [])
+            detail = next((known[str(f)] for f in files if str(f) in known), None)
+            if detail is None:
+                missing = [f for f in files if not f.is_file()]
+                what = "image" if missing and missing[0] == files[0] else "mask"
+                detail = (
+                    f"{missing[0]}: {what} listed in the manifest is missing"
+                    if missing
+                    else f"{files[0]}: slice listed in the manifest is not usable here"
+                )
+            out.append(f"{entry['case_id']}: {detail}")
+    return out
 
 
 def lgg_datalist(
@@ -568,20 +642,49 @@ def generate_kaggle_3m(
     return patients
 
 
+def _process_group() -> tuple[int, int]:
+    """``(rank, world_size)`` of the joined ``torch.distributed`` group; ``(0, 1)`` without."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def ensure_lgg_demo_dataset(demo_dir: str | os.PathLike[str]) -> str:
     """Generate the synthetic kaggle_3m demo set unless a complete one is already there.
 
     A marker file written last records the settings, so an interrupted generation (no
-    marker) is redone rather than trained on half-written.
+    marker) is redone rather than trained on half-written. In a multi-process job only rank 0
+    writes; the other ranks wait for it and then check that they see the set.
+
+    Raises:
+        LGGDatasetError: a rank other than 0 does not see the set rank 0 wrote (``demo_dir``
+            is not on a filesystem every node shares).
     """
+    import torch.distributed as dist
+
     root = Path(demo_dir).expanduser()
     marker = root / ".tumorseg_lgg_demo.json"
     settings = json.dumps(LGG_DEMO_DATASET, sort_keys=True, default=list)
-    if marker.exists() and marker.read_text(encoding="utf-8") == settings:
-        return str(root)
-    logger.info("generating the synthetic kaggle_3m demo set in %s", root)
-    generate_kaggle_3m(root, **LGG_DEMO_DATASET)
-    atomic_write_text(marker, settings)
+
+    def complete() -> bool:
+        return marker.exists() and marker.read_text(encoding="utf-8") == settings
+
+    rank, world_size = _process_group()
+    if rank == 0 and not complete():
+        logger.info("generating the synthetic kaggle_3m demo set in %s", root)
+        generate_kaggle_3m(root, **LGG_DEMO_DATASET)
+        atomic_write_text(marker, settings)
+    if world_size > 1:
+        # Every rank reaches this barrier (each builds the bundle's `data`), so no rank reads
+        # files rank 0 is still writing.
+        dist.barrier()
+        if not complete():
+            raise LGGDatasetError(
+                f"rank {rank} does not see the synthetic demo set rank 0 wrote in {str(root)!r}: "
+                "put demo_dir on a filesystem every node shares, or pass dataset_dir"
+            )
     return str(root)
 
 
@@ -719,6 +822,11 @@ def _slice_of(item: Mapping[str, Any]) -> tuple[str, int]:
     return parsed[0], parsed[1]
 
 
+def _unpack(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The boolean mask of ``shape`` that ``np.packbits`` turned into ``bits``."""
+    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape) > 0
+
+
 class LGGOverlapMetric(Metric):
     """Ignite metric: mean Dice or IoU per slice or per patient (slices re-stacked).
 
@@ -771,12 +879,54 @@ class LGGOverlapMetric(Metric):
             self._preds.setdefault(patient, {})[index] = pred.reshape(pred.shape[-2:]) > 0.5
             self._refs.setdefault(patient, {})[index] = ref.reshape(ref.shape[-2:]) > 0.5
 
+    def _gathered(
+        self,
+    ) -> tuple[dict[str, dict[int, np.ndarray]], dict[str, dict[int, np.ndarray]]]:
+        """The masks of every rank's slices (this rank's alone without a process group).
+
+        Under DDP each rank validates only its shard of the slices, and a patient's slices
+        land on several ranks, so per-patient scores need everyone's slices. Masks travel
+        bit-packed (8x smaller than bool arrays) through ``all_gather_object``, which every
+        backend supports for Python objects.
+        """
+        import torch.distributed as dist
+
+        _, world_size = _process_group()
+        if world_size < 2:
+            return self._preds, self._refs
+        mine = {
+            patient: {
+                index: (pred.shape, np.packbits(pred), np.packbits(self._refs[patient][index]))
+                for index, pred in slices.items()
+            }
+            for patient, slices in self._preds.items()
+        }
+        parts: list[Any] = [None] * world_size
+        dist.all_gather_object(parts, mine)
+        preds: dict[str, dict[int, np.ndarray]] = {}
+        refs: dict[str, dict[int, np.ndarray]] = {}
+        for part in parts:
+            for patient, slices in part.items():
+                for index, (shape, pred, ref) in slices.items():
+                    # A padding sampler repeats slices on some ranks: keyed by (patient,
+                    # slice), a repeat replaces its identical twin, so nothing counts twice.
+                    preds.setdefault(patient, {})[index] = _unpack(pred, shape)
+                    refs.setdefault(patient, {})[index] = _unpack(ref, shape)
+        return preds, refs
+
     def compute(self) -> float:
-        """The mean score over the slices or patients seen this epoch."""
-        if not self._preds:
+        """The mean score over the slices or patients seen this epoch, by every rank.
+
+        Under ``torch.distributed`` every rank must call it (the evaluator does, at the end of
+        each epoch): the slices are all-gathered first. Only rank 0 writes ``save_path``.
+        """
+        from tumorseg.training.checkpoint import is_rank0
+
+        preds, refs = self._gathered()
+        if not preds:
             return float("nan")
-        scores = score_patients(self._preds, self._refs, min_slices=self.min_slices)
-        if self.save_path is not None:
+        scores = score_patients(preds, refs, min_slices=self.min_slices)
+        if self.save_path is not None and is_rank0():
             column = 0 if self.kind == "dice" else 1
             lines = io.StringIO()
             writer = csv.writer(lines, lineterminator="\n")
@@ -878,4 +1028,138 @@ def segment_kaggle_3m_folder(
         except Exception as err:  # noqa: BLE001 - one bad patient must not stop the others
             report.failures.append(f"{patient.folder}: segmentation failed: {err}")
             logger.error("%s: segmentation failed: %s", patient.patient_id, err)
+    return report
+
+
+def load_network_weights(network: Any, path: str | os.PathLike[str]) -> Any:
+    """Load a bundle checkpoint's weights into ``network`` (all keys must match); returns it.
+
+    Takes ``model.pt`` (the weights alone) or ``checkpoint_latest.pt`` (the training state,
+    weights under ``network``), saved with or without DDP's ``module.`` prefix; loaded with
+    ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: no such file (the message says how to get one).
+        ValueError: not a checkpoint, or weights of another network or other settings.
+    """
+    from tumorseg.training import load_checkpoint, unwrap_state_dict
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path}; train the bundle first (python -m monai.bundle run "
+            "training ..., see the bundle's docs/README.md) or pass the weights with --checkpoint"
+        )
+    state: Mapping[str, Any] = load_checkpoint(path, map_location="cpu")
+    inner = state.get("network")
+    if isinstance(inner, Mapping):
+        state = inner
+    try:
+        network.load_state_dict(unwrap_state_dict(state), strict=True)
+    except RuntimeError as err:
+        lines = [line.strip().rstrip(".") for line in str(err).splitlines() if line.strip()]
+        raise ValueError(
+            f"checkpoint {path} does not fit the bundle's network {type(network).__name__}: "
+            f"{'; '.join(lines[1:3])[:600]}; was it trained with other settings (channels, a "
+            "network file such as networks/transunet.json)? pass the same ones"
+        ) from None
+    return network
+
+
+def is_lgg_bundle(bundle: str | os.PathLike[str]) -> bool:
+    """True when the bundle's ``configs/train.json`` trains on kaggle_3m slices.
+
+    That is, its ``data`` is :class:`LGGData`; ``tumorseg infer`` then segments a kaggle_3m
+    folder (:func:`segment_with_bundle`) instead of 3D studies.
+
+    Raises:
+        ValueError: ``train.json`` is not valid JSON (the message names it).
+    """
+    train = Path(bundle).expanduser() / "configs" / "train.json"
+    if not train.is_file():
+        return False
+    config = read_json(train, what="bundle config")
+    data = config.get("data") if isinstance(config, dict) else None
+    target = str(data.get("_target_", "")) if isinstance(data, dict) else ""
+    return target.rsplit(".", 1)[-1] == LGGData.__name__
+
+
+def segment_with_bundle(
+    bundle: str | os.PathLike[str],
+    input_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    overwrite: bool = False,
+    config_files: Sequence[str | os.PathLike[str]] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> LGGInferenceReport:
+    """Segment a kaggle_3m folder with an LGG bundle, as its ``inference.json`` does.
+
+    The bundle's ``train.json`` and ``inference.json`` (then ``config_files``) are parsed
+    and their ``infer`` (:func:`segment_kaggle_3m_folder` with the bundle's network,
+    validation preprocessing, threshold and 3D clean-up) is called, so this and
+    ``monai.bundle run inferring`` make the same masks.
+
+    Args:
+        bundle: the bundle folder.
+        input_dir: kaggle_3m folder to segment.
+        output_dir: where ``<patient>/<patient>_<n>_mask.tif`` go.
+        checkpoint: weights; default the bundle's ``checkpoint`` (``<ckpt_dir>/model.pt``).
+        device: ``cpu``, ``cuda``, ``cuda:1`` ...; default the bundle's.
+        overwrite: redo patients whose masks exist.
+        config_files: more configs merged last (paths, or names under the bundle's
+            ``configs/``, e.g. ``networks/transunet.json``).
+        overrides: config ids -> values set after reading the configs.
+
+    Returns:
+        The report: masks written and every failure (bad files, failed patients).
+
+    Raises:
+        FileNotFoundError: a missing config file or checkpoint.
+        ValueError: weights that do not fit the network; :class:`LGGDatasetError` for an
+            input folder that is missing or holds no usable slice.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle).expanduser()
+    configs = root / "configs"
+    files = [configs / "train.json", configs / "inference.json"]
+    for name in config_files:
+        path = Path(name)
+        files.append(path if path.is_file() else configs / path)
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path} (bundle {str(root)!r})")
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    if (configs / "metadata.json").is_file():
+        parser.read_meta(str(configs / "metadata.json"))
+    parser["bundle_root"] = str(root)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    parser["dataset_dir"] = str(input_dir)
+    parser["output_dir"] = str(output_dir)
+    parser["overwrite"] = bool(overwrite)
+    if device is not None:
+        parser["device"] = torch.device(device)
+    if checkpoint is not None:
+        parser["checkpoint"] = str(checkpoint)
+    # The weights first: a missing checkpoint is reported before any input is read.
+    try:
+        network = parser.get_parsed_content("network")
+    except RuntimeError as err:
+        # MONAI says only "Failed to instantiate component"; the cause says what is wrong.
+        cause = f": {err.__cause__}" if err.__cause__ is not None else ""
+        raise ValueError(
+            f"cannot build the network of bundle {str(root)!r} from "
+            f"{[f.name for f in files]}{cause}"
+        ) from None
+    load_network_weights(network, parser.get_parsed_content("checkpoint"))
+    infer = parser.get_parsed_content("infer")
+    report: LGGInferenceReport = infer(
+        parser.get_parsed_content("input_dir"), parser.get_parsed_content("output_dir")
+    )
     return report
