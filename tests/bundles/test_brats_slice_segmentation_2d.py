@@ -21,7 +21,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from _bundle_utils import BUNDLES, bundle_cmd, run_ok
+from _bundle_utils import BUNDLES, bundle_cmd, override_args, run_ok
 from _bundle_utils import CONFIGS as CONFIGS_3D
 from _bundle_utils import TINY as TINY_3D
 from tumorseg.cli import main
@@ -318,8 +318,7 @@ def test_two_rank_ddp_validation_equals_a_single_process_evaluation(
     settings = _overrides(dataset, tmp_path, epochs=1, num_folds=2, experiment_name="ddp-2d")
     tumorseg = str(Path(sys.executable).parent / "tumorseg")
     cmd = [tumorseg, "launch", "--nproc-per-node", "2", "--bundle", str(BUNDLE), "--"]
-    for key, value in settings.items():
-        cmd += [f"--{key}", str(value).replace(" ", "")]
+    cmd += override_args(settings)
     run_ok(cmd, tmp_path, env=_env())
     files = sorted(p.name for p in (tmp_path / "models").iterdir() if p.is_file())
     assert files == ["checkpoint_latest.pt", "mlflow_run.json", "model.pt"]  # rank 0 only

@@ -274,4 +274,5 @@ def test_infer_names_a_missing_or_unfitting_checkpoint(
     ckpt = _checkpoint(tmp_path / "w.pt", 0.0)  # 4..64 wide, the bundle's default is 32..512
     assert main([*args, "--checkpoint", str(ckpt)]) == 2
     err = capsys.readouterr().err
-    assert f"checkpoint {ckpt} does not fit the bundle's network UNet: size mismatch" in err
+    assert f"checkpoint {ckpt} does not fit the bundle's network (UNet with channels=" in err
+    assert "shape mismatch(es): model." in err

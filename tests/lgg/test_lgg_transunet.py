@@ -103,7 +103,7 @@ def test_one_epoch_training_and_evaluation_with_transunet(
     # A transformer setting without the network file: the U-Net has no such argument.
     assert main([*args, "--override", "network_def#hidden_size=32"]) == 2
     err = capsys.readouterr().err
-    assert "does not fit the bundle's network UNet" in err
+    assert "does not fit the bundle's network (UNet with channels=" in err
     assert "cannot build the network" in err and "'hidden_size'" in err
     for key in ("hidden_size", "num_heads", "num_layers"):
         args += ["--override", f"network_def#{key}={TINY['network_def#' + key]}"]

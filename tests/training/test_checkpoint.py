@@ -106,3 +106,39 @@ def test_early_stop_after_patience_without_improvement(tmp_path: Path) -> None:
     trainer, *_, data = _loop([0.5, 0.6, 0.6, 0.55, 0.9, 0.9], tmp_path, max_epochs=6, patience=2)
     trainer.run(data, max_epochs=6)
     assert trainer.state.epoch == 4
+
+
+def test_network_weights_load_from_any_bundle_checkpoint_form(tmp_path: Path) -> None:
+    from tumorseg.training import load_network_weights
+
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    weights = source.state_dict()
+    forms = {
+        "model.pt": weights,
+        "checkpoint_latest.pt": {"network": weights, "trainer": {"epoch": 3}},
+        "ddp.pt": {f"module.{k}": v for k, v in weights.items()},
+    }
+    for name, obj in forms.items():
+        torch.save(obj, tmp_path / name)
+        target = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+        load_network_weights(target, tmp_path / name)
+        for key, value in target.state_dict().items():
+            assert torch.equal(value, weights[key]), (name, key)
+
+
+def test_weights_that_do_not_fit_are_listed_and_the_network_is_untouched(tmp_path: Path) -> None:
+    from tumorseg.training import load_network_weights
+
+    torch.save(torch.nn.Linear(3, 4).state_dict() | {"extra": torch.zeros(1)}, tmp_path / "w.pt")
+    target = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ValueError) as err:
+        load_network_weights(target, tmp_path / "w.pt", settings="width=2", hint="use width=4")
+    message = str(err.value)
+    assert f"checkpoint {tmp_path / 'w.pt'} does not fit" in message and "width=2" in message
+    assert "2 missing key(s): 0.bias, 0.weight" in message
+    assert "3 unexpected key(s): bias, extra, weight" in message and "use width=4" in message
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*--checkpoint"):
+        load_network_weights(target, tmp_path / "none.pt")

@@ -70,7 +70,6 @@ __all__ = [
     "is_lgg_bundle",
     "lgg_datalist",
     "load_lgg_manifest",
-    "load_network_weights",
     "looks_like_kaggle_3m",
     "overlap_scores",
     "parse_slice_name",
@@ -1031,41 +1030,6 @@ def segment_kaggle_3m_folder(
     return report
 
 
-def load_network_weights(network: Any, path: str | os.PathLike[str]) -> Any:
-    """Load a bundle checkpoint's weights into ``network`` (all keys must match); returns it.
-
-    Takes ``model.pt`` (the weights alone) or ``checkpoint_latest.pt`` (the training state,
-    weights under ``network``), saved with or without DDP's ``module.`` prefix; loaded with
-    ``weights_only=True``.
-
-    Raises:
-        FileNotFoundError: no such file (the message says how to get one).
-        ValueError: not a checkpoint, or weights of another network or other settings.
-    """
-    from tumorseg.training import load_checkpoint, unwrap_state_dict
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint not found: {path}; train the bundle first (python -m monai.bundle run "
-            "training ..., see the bundle's docs/README.md) or pass the weights with --checkpoint"
-        )
-    state: Mapping[str, Any] = load_checkpoint(path, map_location="cpu")
-    inner = state.get("network")
-    if isinstance(inner, Mapping):
-        state = inner
-    try:
-        network.load_state_dict(unwrap_state_dict(state), strict=True)
-    except RuntimeError as err:
-        lines = [line.strip().rstrip(".") for line in str(err).splitlines() if line.strip()]
-        raise ValueError(
-            f"checkpoint {path} does not fit the bundle's network {type(network).__name__}: "
-            f"{'; '.join(lines[1:3])[:600]}; was it trained with other settings (channels, a "
-            "network file such as networks/transunet.json)? pass the same ones"
-        ) from None
-    return network
-
-
 def is_lgg_bundle(bundle: str | os.PathLike[str]) -> bool:
     """True when the bundle's ``configs/train.json`` trains on kaggle_3m slices.
 
@@ -1157,7 +1121,15 @@ def segment_with_bundle(
             f"cannot build the network of bundle {str(root)!r} from "
             f"{[f.name for f in files]}{cause}"
         ) from None
-    load_network_weights(network, parser.get_parsed_content("checkpoint"))
+    from tumorseg.training.checkpoint import load_network_weights
+
+    load_network_weights(
+        network,
+        parser.get_parsed_content("checkpoint"),
+        settings=f"channels={parser.get_parsed_content('channels')}",
+        hint="pass the same ones (e.g. --override channels=[...], a network file such as "
+        "networks/transunet.json) or the matching --checkpoint",
+    )
     infer = parser.get_parsed_content("infer")
     report: LGGInferenceReport = infer(
         parser.get_parsed_content("input_dir"), parser.get_parsed_content("output_dir")

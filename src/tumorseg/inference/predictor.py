@@ -370,33 +370,6 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
-def _unwrap_state_dict(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The network weights of a checkpoint: a bare state dict or a training state's part."""
-    if all(torch.is_tensor(v) for v in obj.values()):
-        state = obj
-    else:
-        # checkpoint_latest.pt of the bundle's Checkpointer, and common conventions.
-        for key in ("network", "model", "state_dict"):
-            inner = obj.get(key)
-            if (
-                isinstance(inner, Mapping)
-                and inner
-                and all(torch.is_tensor(v) for v in inner.values())
-            ):
-                state = inner
-                break
-        else:
-            state = obj
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}  # saved from DDP
-    return state
-
-
-def _listing(keys: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def _mirror_axes(tta: bool) -> list[tuple[int, ...]]:
     """Spatial axes to flip, per pass: just the identity, or all 8 mirrorings."""
     if not tta:
@@ -617,38 +590,15 @@ class Predictor:
         return inferer
 
     def _load_weights(self, network: torch.nn.Module, path: Path) -> None:
-        from tumorseg.training import load_checkpoint
+        from tumorseg.training import load_network_weights
 
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"checkpoint not found: {path}; train the bundle first (make train, or make demo "
-                "for a synthetic model) or pass the weights with --checkpoint"
-            )
-        state = _unwrap_state_dict(load_checkpoint(path, map_location="cpu"))
-        own = network.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mismatched = sorted(
-            f"{k} (checkpoint {tuple(state[k].shape)}, network {tuple(own[k].shape)})"
-            for k in set(own) & set(state)
-            if tuple(state[k].shape) != tuple(own[k].shape)
+        filters = self._parsed("filters", None)
+        load_network_weights(
+            network,
+            path,
+            settings=f"filters={filters}" if filters else "",
+            hint="pass the same ones (e.g. --override filters=[...]) or the matching --checkpoint",
         )
-        if missing or unexpected or mismatched:
-            filters = self._parsed("filters", None)
-            what = type(network).__name__ + (f" with filters={filters}" if filters else "")
-            lines = [f"checkpoint {path} does not fit the bundle's network ({what}):"]
-            if missing:
-                lines.append(f"  {len(missing)} missing key(s): {_listing(missing)}")
-            if unexpected:
-                lines.append(f"  {len(unexpected)} unexpected key(s): {_listing(unexpected)}")
-            if mismatched:
-                lines.append(f"  {len(mismatched)} shape mismatch(es): {_listing(mismatched)}")
-            lines.append(
-                "  was it trained with other bundle settings? pass the same ones (e.g. "
-                "--override filters=[...]) or the matching --checkpoint"
-            )
-            raise ValueError("\n".join(lines))
-        network.load_state_dict(state, strict=True)
 
     # -- settings, for reports ---------------------------------------------------------------
 

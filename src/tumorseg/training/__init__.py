@@ -16,6 +16,8 @@ from tumorseg.training.checkpoint import (
     atomic_torch_save,
     is_rank0,
     load_checkpoint,
+    load_network_weights,
+    network_state_dict,
 )
 from tumorseg.training.data import BundleData, ensure_demo_dataset
 from tumorseg.training.outputs import region_output
@@ -35,6 +37,8 @@ __all__ = [
     "ensure_demo_dataset",
     "is_rank0",
     "load_checkpoint",
+    "load_network_weights",
+    "network_state_dict",
     "region_output",
     # Throughput (issue #10): cached preprocessing, progress and timing, CUDA speed settings.
     "CACHE_MODES",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ __all__ = [
     "atomic_torch_save",
     "is_rank0",
     "load_checkpoint",
+    "load_network_weights",
+    "network_state_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,86 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
+
+
+def network_state_dict(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The network weights of a checkpoint: a bare state dict or a training state's part.
+
+    ``checkpoint_latest.pt`` of :class:`Checkpointer` keeps them under ``network``; ``model``
+    and ``state_dict`` are common elsewhere. DDP's ``module.`` prefix is removed.
+    """
+    state = obj
+    if not all(torch.is_tensor(v) for v in obj.values()):
+        for key in ("network", "model", "state_dict"):
+            inner = obj.get(key)
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(torch.is_tensor(v) for v in inner.values())
+            ):
+                state = inner
+                break
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _listing(keys: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def load_network_weights(
+    network: torch.nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    settings: str = "",
+    hint: str = "pass the same settings (--override ...) or the matching --checkpoint",
+) -> torch.nn.Module:
+    """Load a bundle checkpoint into ``network``; every key must fit. Returns the network.
+
+    Takes ``model.pt`` (the weights alone) or ``checkpoint_latest.pt`` (training state), saved
+    with or without DDP (see :func:`network_state_dict`); read with ``weights_only=True``.
+
+    Args:
+        network: the bundle's network, built with the settings the weights should match.
+        path: the checkpoint.
+        settings: the network settings to name in an error (e.g. ``"filters=[...]"``).
+        hint: what to do when the weights do not fit.
+
+    Raises:
+        FileNotFoundError: no such file; the message says how to get one.
+        ValueError: not a checkpoint, or weights of another network or other settings: the
+            missing, unexpected and mis-shaped keys are listed.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path}; train the bundle first (make train, or make demo "
+            "for a synthetic model) or pass the weights with --checkpoint"
+        )
+    state = network_state_dict(load_checkpoint(path, map_location="cpu"))
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        f"{k} (checkpoint {tuple(state[k].shape)}, network {tuple(own[k].shape)})"
+        for k in set(own) & set(state)
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        what = type(network).__name__ + (f" with {settings}" if settings else "")
+        lines = [f"checkpoint {path} does not fit the bundle's network ({what}):"]
+        if missing:
+            lines.append(f"  {len(missing)} missing key(s): {_listing(missing)}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected key(s): {_listing(unexpected)}")
+        if mismatched:
+            lines.append(f"  {len(mismatched)} shape mismatch(es): {_listing(mismatched)}")
+        lines.append(f"  was it trained with other bundle settings? {hint}")
+        raise ValueError("\n".join(lines))
+    network.load_state_dict(state, strict=True)
+    return network
 
 
 class Checkpointer:
