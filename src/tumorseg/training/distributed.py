@@ -237,6 +237,13 @@ def cleanup_distributed() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # Leave together: a Gloo rank that tears its group down while rank 0 is still
+        # finishing (checkpoint, MLflow) can abort at exit ("terminate called without an
+        # active exception"), failing a run that completed.
+        try:
+            dist.barrier()
+        except RuntimeError as err:  # a peer already gone: nothing left to wait for
+            logger.warning("leaving the process group without the others: %s", err)
         dist.destroy_process_group()
         _sync_ignite()
 
