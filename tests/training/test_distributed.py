@@ -370,7 +370,7 @@ _BUFFERS_SCRIPT = """
 import json, sys
 import torch
 import torch.distributed as dist
-from tumorseg.training.distributed import SyncBuffers
+from tumorseg.training.distributed import SyncBuffers, cleanup_distributed
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
@@ -390,7 +390,8 @@ SyncBuffers(net)(None)  # what the evaluator runs at STARTED
 after = gathered()
 if rank == 0:
     json.dump({"before": before, "after": after}, open(sys.argv[1], "w"))
-dist.destroy_process_group()
+cleanup_distributed(ddp)
+assert not dist.is_initialized() and not hasattr(ddp, "reducer")
 """
 
 
