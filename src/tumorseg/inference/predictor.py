@@ -35,7 +35,8 @@ What one case goes through:
    **crop to the brain's non-zero bounding box** (``CropForegroundd``, so the sliding window
    never runs over background), z-score normalisation. Transforms that touch only the label
    key are left out: inference has no label;
-3. sliding-window inference with Gaussian blending on the cropped volume (optionally
+3. sliding-window inference with Gaussian blending on the cropped volume (a slice-wise
+   bundle's ``SliceInferer`` runs its 2D network over every axial slice instead; optionally
    averaged over the 8 mirrorings, ``tta``; autocast on CUDA), sigmoid;
 4. MONAI's :class:`~monai.transforms.Invertd` undoes crop, resampling and orientation on the
    region probabilities, which lands them on the input's own voxel grid (the geometry is then
