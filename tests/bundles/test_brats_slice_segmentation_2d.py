@@ -151,7 +151,7 @@ def test_evaluation_scores_whole_volumes_with_the_region_metrics(
 
 
 def test_folder_inference_reassembles_volumes_on_the_input_grid(
-    dataset: Path, trained: Path
+    dataset: Path, trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = trained / "segmentations"
     overrides = {
@@ -170,6 +170,21 @@ def test_folder_inference_reassembles_volumes_on_the_input_grid(
         assert mask.shape == image.shape and mask.get_data_dtype() == np.uint8
         np.testing.assert_allclose(mask.affine, image.affine, atol=1e-5)
         assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1, 2, 3}  # brats2023 labels
+
+    # `tumorseg infer` makes the same masks, with the window given as 2 sizes.
+    cli_out = trained / "segmentations_cli"
+    args = ["infer", "--bundle", str(BUNDLE), "--input", str(dataset), "--output", str(cli_out)]
+    args += ["--checkpoint", str(trained / "models" / "model.pt"), "--no-progress"]
+    args += ["--override", f"decoder_channels={json.dumps(TINY['decoder_channels'])}"]
+    assert main([*args, "--roi-size", "32", "32", "32"]) == 2  # a 3D window: refused
+    assert "roi_size must be 2 positive integers for this bundle, got [32, 32, 32]" in (
+        capsys.readouterr().err
+    )
+    assert main([*args, "--roi-size", "32", "32"]) == 0
+    for case in cases:
+        a = np.asanyarray(nib.load(str(out / f"{case}.nii.gz")).dataobj)
+        b = np.asanyarray(nib.load(str(cli_out / f"{case}.nii.gz")).dataobj)
+        assert np.array_equal(a, b), case
 
     # Scored with the very metrics of the 3D bundle's predictions.
     report = trained / "scores"
