@@ -651,40 +651,18 @@ def _process_group() -> tuple[int, int]:
 
 
 def ensure_lgg_demo_dataset(demo_dir: str | os.PathLike[str]) -> str:
-    """Generate the synthetic kaggle_3m demo set unless a complete one is already there.
+    """The synthetic kaggle_3m demo set in ``demo_dir`` (:data:`LGG_DEMO_DATASET`), generated
+    once (by rank 0 only in a multi-process job; see
+    :func:`tumorseg.training.data.ensure_generated`)."""
+    from tumorseg.training.data import ensure_generated
 
-    A marker file written last records the settings, so an interrupted generation (no
-    marker) is redone rather than trained on half-written. In a multi-process job only rank 0
-    writes; the other ranks wait for it and then check that they see the set.
-
-    Raises:
-        LGGDatasetError: a rank other than 0 does not see the set rank 0 wrote (``demo_dir``
-            is not on a filesystem every node shares).
-    """
-    import torch.distributed as dist
-
-    root = Path(demo_dir).expanduser()
-    marker = root / ".tumorseg_lgg_demo.json"
-    settings = json.dumps(LGG_DEMO_DATASET, sort_keys=True, default=list)
-
-    def complete() -> bool:
-        return marker.exists() and marker.read_text(encoding="utf-8") == settings
-
-    rank, world_size = _process_group()
-    if rank == 0 and not complete():
-        logger.info("generating the synthetic kaggle_3m demo set in %s", root)
-        generate_kaggle_3m(root, **LGG_DEMO_DATASET)
-        atomic_write_text(marker, settings)
-    if world_size > 1:
-        # Every rank reaches this barrier (each builds the bundle's `data`), so no rank reads
-        # files rank 0 is still writing.
-        dist.barrier()
-        if not complete():
-            raise LGGDatasetError(
-                f"rank {rank} does not see the synthetic demo set rank 0 wrote in {str(root)!r}: "
-                "put demo_dir on a filesystem every node shares, or pass dataset_dir"
-            )
-    return str(root)
+    return ensure_generated(
+        demo_dir,
+        settings=LGG_DEMO_DATASET,
+        generate=lambda root: generate_kaggle_3m(root, **LGG_DEMO_DATASET),
+        marker=".tumorseg_lgg_demo.json",
+        what="the synthetic kaggle_3m demo set",
+    )
 
 
 # --------------------------------------------------------------------------- scores
