@@ -78,7 +78,6 @@ def _inference_s(bundle: Path, overrides: dict[str, Any], files: list[Path], tmp
 
 
 def run() -> str:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
     cases = [
         ("2D FlexibleUNet, EfficientNet-B0", BUNDLE_2D, {"backbone": "efficientnet-b0"}),

@@ -9,7 +9,6 @@ runs side by side in ``tumorseg compare``. Real studies through this bundle:
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from _bundle_utils import BUNDLES, bundle_cmd, override_args, run_ok
+from _bundle_utils import BUNDLES, bundle_cmd, bundle_env, override_args, run_ok
 from _bundle_utils import CONFIGS as CONFIGS_3D
 from _bundle_utils import TINY as TINY_3D
 from tumorseg.cli import main
@@ -43,12 +42,6 @@ TINY: dict[str, Any] = {
     "sw_batch_size": 16,
 }
 REGION_METRICS = [f"val_{m}_{r}" for m in ("dice", "hd95") for r in ("wt", "tc", "et")]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)  # the default store must be the test's own
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +69,7 @@ def trained(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One epoch of the 2D bundle, logged to the default experiment of a fresh store."""
     work = tmp_path_factory.mktemp("slice_run")
     cmd = bundle_cmd(CONFIGS, "training", ["train.json"], _overrides(dataset, work, epochs=1))
-    proc = run_ok(cmd, work, env=_env())
+    proc = run_ok(cmd, work, env=bundle_env())
     (work / "train.log").write_text(proc.stdout + proc.stderr)
     return work
 
@@ -206,7 +199,7 @@ def test_2d_and_3d_runs_sit_side_by_side_in_compare(
         "tracking_uri": f"sqlite:///{trained / 'mlflow.db'}",
         "epochs": 1,
     }
-    run_ok(bundle_cmd(CONFIGS_3D, "training", ["train.json"], overrides), trained, env=_env())
+    run_ok(bundle_cmd(CONFIGS_3D, "training", ["train.json"], overrides), trained, env=bundle_env())
     csv_path = trained / "compare.csv"
     code = main(
         [
@@ -270,7 +263,7 @@ def test_mobilenet_encoder_fine_tunes_from_a_local_file_through_the_bundle(
     torch.save({**source, "classifier.1.weight": torch.zeros(1000, 1280)}, weights)
     settings = _overrides(dataset, tmp_path, epochs=1, pretrained=str(weights), val_interval=2)
     files = ["train.json", "networks/mobilenetv2.json"]
-    proc = run_ok(bundle_cmd(CONFIGS, "training", files, settings), tmp_path, env=_env())
+    proc = run_ok(bundle_cmd(CONFIGS, "training", files, settings), tmp_path, env=bundle_env())
     assert "100.0% of the encoder" in proc.stdout + proc.stderr  # the load report
     client = mlflow.MlflowClient(settings["tracking_uri"])
     (run,) = client.search_runs([client.get_experiment_by_name("tumorseg-brats").experiment_id])
@@ -334,7 +327,7 @@ def test_two_rank_ddp_validation_equals_a_single_process_evaluation(
     tumorseg = str(Path(sys.executable).parent / "tumorseg")
     cmd = [tumorseg, "launch", "--nproc-per-node", "2", "--bundle", str(BUNDLE), "--"]
     cmd += override_args(settings)
-    run_ok(cmd, tmp_path, env=_env())
+    run_ok(cmd, tmp_path, env=bundle_env())
     files = sorted(p.name for p in (tmp_path / "models").iterdir() if p.is_file())
     assert files == ["checkpoint_latest.pt", "mlflow_run.json", "model.pt"]  # rank 0 only
     client = mlflow.MlflowClient(settings["tracking_uri"])

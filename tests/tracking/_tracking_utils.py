@@ -20,7 +20,8 @@ import pytest
 from _bundle_utils import (  # noqa: F401 (re-exported to the tracking tests)
     CONFIGS,
     TINY,
-    free_port,  # noqa: F401 (re-exported to the tracking tests)
+    bundle_env,  # noqa: F401
+    free_port,  # noqa: F401
 )
 from _bundle_utils import bundle_cmd as _bundle_cmd
 
@@ -108,13 +109,6 @@ def bundle_cmd(dataset: Path, work: Path, **overrides: Any) -> list[str]:
         **overrides,
     }
     return _bundle_cmd(CONFIGS, "training", ["train.json"], values)
-
-
-def bundle_env() -> dict[str, str]:
-    """The environment of a bundle run: no tracking URI inherited from the developer's shell."""
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 _METRICS_LINE = re.compile(r"Epoch\[(\d+)\] Metrics -- (.*)$")

@@ -126,7 +126,7 @@ def _run_kaggle_3m(args: argparse.Namespace, shape: tuple[int, int, int]) -> int
     from pathlib import Path
 
     from tumorseg.cli import CliError
-    from tumorseg.data.lgg import generate_kaggle_3m
+    from tumorseg.data.lgg import generate_kaggle_3m, kaggle_3m_patient_id
 
     # Options of the 3D layouts only: refusing them beats silently writing something else.
     defaults = {
@@ -144,8 +144,8 @@ def _run_kaggle_3m(args: argparse.Namespace, shape: tuple[int, int, int]) -> int
     if args.num_unlabelled < 0:
         raise CliError(f"--num-unlabelled must be >= 0, got {args.num_unlabelled}")
     out = Path(args.out_dir).expanduser()
-    labelled = [f"{prefix}_{i:04d}_20000101" for i in range(max(args.num_cases, 0))]
-    unlabelled = [f"{prefix}U_{i:04d}_20000101" for i in range(args.num_unlabelled)]
+    labelled = [kaggle_3m_patient_id(prefix, i) for i in range(max(args.num_cases, 0))]
+    unlabelled = [kaggle_3m_patient_id(f"{prefix}U", i) for i in range(args.num_unlabelled)]
     if not args.overwrite:
         existing = [out / p for p in labelled + unlabelled if (out / p).exists()]
         if existing:

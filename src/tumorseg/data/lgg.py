@@ -67,6 +67,7 @@ __all__ = [
     "discover_kaggle_3m",
     "ensure_lgg_demo_dataset",
     "generate_kaggle_3m",
+    "kaggle_3m_patient_id",
     "is_lgg_bundle",
     "lgg_datalist",
     "load_lgg_manifest",
@@ -584,6 +585,11 @@ def _save_tif(array: np.ndarray, path: Path) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
+def kaggle_3m_patient_id(prefix: str, index: int) -> str:
+    """The id :func:`generate_kaggle_3m` gives its ``index``-th patient (TCGA-like, with a date)."""
+    return f"{prefix}_{index:04d}_20000101"
+
+
 def generate_kaggle_3m(
     out_dir: str | os.PathLike[str],
     *,
@@ -607,7 +613,7 @@ def generate_kaggle_3m(
         shape: (height, width, slices) of each patient, each >= 16.
         seed: the same seed writes identical files.
         with_masks: write the ``_mask.tif`` files (``False``: an inference input folder).
-        prefix: patient ids are ``<prefix>_<nnnn>_20000101`` (TCGA-like, ending in a date).
+        prefix: patient ids are :func:`kaggle_3m_patient_id` of it.
 
     Returns:
         The patient ids written.
@@ -622,7 +628,7 @@ def generate_kaggle_3m(
     root = Path(out_dir).expanduser()
     patients = []
     for i in range(num_patients):
-        patient = f"{prefix}_{i:04d}_20000101"
+        patient = kaggle_3m_patient_id(prefix, i)
         images, label = make_phantom(shape, seed=seed * 10_007 + i, num_tumours=1)
         rgb = images[list(_PHANTOM_TO_RGB)]
         brain = rgb[1] > 0
