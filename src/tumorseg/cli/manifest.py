@@ -59,6 +59,18 @@ def register(subparsers: Any) -> None:
         metavar="MANIFEST",
         help="instead of building, check that DATASET_DIR holds every case of MANIFEST",
     )
+    parser.add_argument(
+        "--split-file",
+        metavar="SPLIT",
+        help="kaggle_3m: a fixed patient split (test / development patients and file hashes); "
+        "folds are drawn among the development patients, the test patients become 'testing'",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="kaggle_3m with --split-file: check every file against the split's SHA-256 and "
+        "exit 2 naming those that differ",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -81,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
 
     if _is_kaggle_3m(args):
         return _run_kaggle_3m(args)
+    if args.split_file or args.verify:
+        from tumorseg.cli import CliError
+
+        raise CliError("--split-file and --verify apply to kaggle_3m slices (--layout kaggle_3m)")
     progress = not args.no_progress
     if args.check:
         problems = validate_manifest_against(
@@ -149,6 +165,11 @@ def _run_kaggle_3m(args: argparse.Namespace) -> int:
         load_lgg_manifest,
         write_lgg_manifest,
     )
+    from tumorseg.data.lgg_split import (
+        apply_patient_split,
+        load_patient_split,
+        verify_split_hashes,
+    )
 
     # 3D naming options: refused rather than ignored, so a wrong --layout shows at once.
     for option, value in (
@@ -167,7 +188,20 @@ def _run_kaggle_3m(args: argparse.Namespace) -> int:
             )
         print(f"{args.dataset_dir} holds every slice of {args.check}")
         return 0
+    if args.verify and not args.split_file:
+        raise CliError("--verify checks files against a split file's hashes: add --split-file")
+    split = load_patient_split(args.split_file) if args.split_file else None
+    if split is not None and args.verify:
+        wrong = verify_split_hashes(args.dataset_dir, split)
+        if wrong:
+            raise LGGDatasetError(
+                f"{len(wrong)} file(s) of {args.dataset_dir} differ from {args.split_file}:\n"
+                + "\n".join(wrong)
+            )
+        print(f"{len(split.file_hashes)} files match the hashes of {args.split_file}")
     if not args.output:
+        if args.verify:
+            return 0
         raise ValueError("-o/--output is required (the manifest file to write), or use --check")
     manifest = build_lgg_manifest(
         args.dataset_dir,
@@ -182,6 +216,8 @@ def _run_kaggle_3m(args: argparse.Namespace) -> int:
             f"{len(problems)} problem(s) in {args.dataset_dir}; fix them or leave the files out "
             "(--skip-bad):\n" + "\n".join(problems)
         )
+    if split is not None:
+        manifest = apply_patient_split(manifest, split, num_folds=args.folds, seed=args.seed)
     path = write_lgg_manifest(manifest, args.output)
     patients = {item["patient"]: item["fold"] for item in manifest["training"]}
     sizes = [0] * int(manifest["num_folds"])

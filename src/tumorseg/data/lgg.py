@@ -75,6 +75,7 @@ __all__ = [
     "overlap_scores",
     "parse_slice_name",
     "remove_isolated_false_positives",
+    "resolve_kaggle_3m_root",
     "score_patients",
     "segment_kaggle_3m_folder",
     "segment_with_bundle",
@@ -175,7 +176,12 @@ def parse_slice_name(name: str) -> tuple[str, int, bool] | None:
     return match.group("patient"), int(match.group("index")), match.group("mask") is not None
 
 
-def _resolve_root(root: str | os.PathLike[str]) -> Path:
+def resolve_kaggle_3m_root(root: str | os.PathLike[str]) -> Path:
+    """The kaggle_3m folder given it or its parent (the Kaggle download's own folder).
+
+    Raises:
+        LGGDatasetError: ``root`` is not a folder.
+    """
     path = Path(root).expanduser()
     if not path.is_dir():
         raise LGGDatasetError(f"kaggle_3m folder {str(path)!r} does not exist or is not a folder")
@@ -292,7 +298,7 @@ def discover_kaggle_3m(root: str | os.PathLike[str]) -> LGGDiscovery:
     Raises:
         LGGDatasetError: ``root`` is not a folder, or holds no usable slice.
     """
-    base = _resolve_root(root)
+    base = resolve_kaggle_3m_root(root)
     found = LGGDiscovery(root=base)
     for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         patient = _scan_patient(folder, found.problems)
@@ -319,7 +325,7 @@ def looks_like_kaggle_3m(root: str | os.PathLike[str]) -> bool:
     path = Path(root).expanduser()
     if not path.is_dir():
         return False
-    base = _resolve_root(path)
+    base = resolve_kaggle_3m_root(path)
     for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for entry in folder.iterdir():
             parsed = parse_slice_name(entry.name)
@@ -513,7 +519,7 @@ def lgg_datalist(
     """
     if split not in LGG_SPLITS:
         raise ValueError(f"split must be one of {LGG_SPLITS}, got {split!r}")
-    root = _resolve_root(dataset_dir)
+    root = resolve_kaggle_3m_root(dataset_dir)
     chosen = select_split(manifest, fold=fold, split=split)
     items = []
     for entry in sorted(chosen, key=lambda t: (t["patient"], int(t["slice"]))):

@@ -4,6 +4,7 @@
 * :class:`ResEncUNet`: U-Net with a MedicalNet-compatible 3D ResNet encoder;
 * :class:`MobileNetV2Encoder`: torchvision-named MobileNetV2 encoders, registered on import as
   MONAI ``FlexibleUNet`` backbones ``mobilenetv2_035`` ... ``mobilenetv2_140``;
+* :class:`AutocastInferer`: bfloat16 autocast on CPUs that compute it natively;
 * :func:`load_pretrained`: the one loader of pretrained weights (own checkpoints, MedicalNet,
   self-supervised Swin encoders), with a :class:`LoadReport`;
 * :func:`param_groups`, :class:`FreezeEncoder`, :func:`pretrained_network`,
@@ -31,6 +32,12 @@ from tumorseg.networks.mobilenet import (
     MobileNetV2Encoder,
     register_flexible_unet_backbones,
 )
+from tumorseg.networks.precision import (
+    PRECISIONS,
+    AutocastInferer,
+    autocast_dtype,
+    cpu_bf16_supported,
+)
 from tumorseg.networks.pretrained import (
     NAME_MAPS,
     LoadReport,
@@ -46,13 +53,17 @@ __all__ = [
     "INVERTED_RESIDUAL_SETTINGS",
     "MOBILENETV2_WIDTHS",
     "NAME_MAPS",
+    "PRECISIONS",
     "RESNET_LAYERS",
+    "AutocastInferer",
     "FreezeEncoder",
     "LoadReport",
     "MobileNetV2Encoder",
     "PretrainedMismatchError",
     "ResEncUNet",
     "TransUNet",
+    "autocast_dtype",
+    "cpu_bf16_supported",
     "encoder_parameters",
     "encoder_prefix_for",
     "load_pretrained",
