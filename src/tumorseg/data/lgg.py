@@ -49,6 +49,7 @@ from scipy import ndimage
 
 from tumorseg.data.manifest import assign_folds, select_split
 from tumorseg.io import atomic_path, atomic_write_text, is_temporary, read_json
+from tumorseg.ranks import ensure_generated, is_rank0, process_group
 
 __all__ = [
     "LGG_CHANNEL_ORDER",
@@ -647,21 +648,10 @@ def generate_kaggle_3m(
     return patients
 
 
-def _process_group() -> tuple[int, int]:
-    """``(rank, world_size)`` of the joined ``torch.distributed`` group; ``(0, 1)`` without."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def ensure_lgg_demo_dataset(demo_dir: str | os.PathLike[str]) -> str:
     """The synthetic kaggle_3m demo set in ``demo_dir`` (:data:`LGG_DEMO_DATASET`), generated
     once (by rank 0 only in a multi-process job; see
-    :func:`tumorseg.training.data.ensure_generated`)."""
-    from tumorseg.training.data import ensure_generated
-
+    :func:`tumorseg.ranks.ensure_generated`)."""
     return ensure_generated(
         demo_dir,
         settings=LGG_DEMO_DATASET,
@@ -874,7 +864,7 @@ class LGGOverlapMetric(Metric):
         """
         import torch.distributed as dist
 
-        _, world_size = _process_group()
+        _, world_size = process_group()
         if world_size < 2:
             return self._preds, self._refs
         mine = {
@@ -903,8 +893,6 @@ class LGGOverlapMetric(Metric):
         Under ``torch.distributed`` every rank must call it (the evaluator does, at the end of
         each epoch): the slices are all-gathered first. Only rank 0 writes ``save_path``.
         """
-        from tumorseg.training.checkpoint import is_rank0
-
         preds, refs = self._gathered()
         if not preds:
             return float("nan")

@@ -7,14 +7,14 @@ dataset folder and the built-in synthetic demo set all go through the same code.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BundleData", "DEMO_DATASET", "ensure_demo_dataset", "ensure_generated"]
+from tumorseg.ranks import ensure_generated
+
+__all__ = ["BundleData", "DEMO_DATASET", "ensure_demo_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,62 +103,6 @@ class BundleData:
         if not items and split in ("train", "val"):
             logger.warning("split %r of fold %s is empty", split, self.fold)
         return items
-
-
-def ensure_generated(
-    folder: str | os.PathLike[str],
-    *,
-    settings: Mapping[str, Any],
-    generate: Callable[[Path], Any],
-    marker: str,
-    what: str,
-) -> str:
-    """Write a generated data set into ``folder`` once; reuse it while it is complete.
-
-    A marker file written last (atomically) records ``settings``, so an interrupted
-    generation (no marker) or one with other settings is redone, never trained on. In a
-    multi-process job only rank 0 generates; every rank then waits for it at a barrier (each
-    builds the bundle's data) and checks that it sees the finished set.
-
-    Args:
-        folder: where the set goes.
-        settings: what the set is generated from (JSON-serialisable).
-        generate: writes the set into the folder it is given.
-        marker: file name of the marker in ``folder``.
-        what: the set's name, for messages.
-
-    Returns:
-        ``folder`` as a string.
-
-    Raises:
-        ValueError: a rank other than 0 does not see the finished set (``folder`` is not on
-            a filesystem every node shares).
-    """
-    import torch.distributed as dist
-
-    from tumorseg.io import atomic_write_text
-
-    root = Path(folder).expanduser()
-    path = root / marker
-    text = json.dumps(dict(settings), sort_keys=True, default=list)
-
-    def complete() -> bool:
-        return path.is_file() and path.read_text(encoding="utf-8") == text
-
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    if rank == 0 and not complete():
-        logger.info("generating %s in %s", what, root)
-        generate(root)
-        atomic_write_text(path, text)
-    if distributed and dist.get_world_size() > 1:
-        dist.barrier()
-        if not complete():
-            raise ValueError(
-                f"rank {rank} does not see {what} rank 0 wrote in {str(root)!r}: put it on a "
-                "filesystem every node shares, or pass dataset_dir"
-            )
-    return str(root)
 
 
 def ensure_demo_dataset(demo_dir: str | os.PathLike[str]) -> str:
