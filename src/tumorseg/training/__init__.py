@@ -18,7 +18,7 @@ from tumorseg.training.checkpoint import (
     load_network_weights,
     network_state_dict,
 )
-from tumorseg.training.data import BundleData, ensure_demo_dataset
+from tumorseg.training.data import BundleData, LGGData, ensure_demo_dataset
 from tumorseg.training.outputs import region_output
 from tumorseg.training.performance import (
     amp_enabled,
@@ -32,6 +32,7 @@ __all__ = [
     "BundleData",
     "Checkpointer",
     "EarlyStopOnValidation",
+    "LGGData",
     "atomic_torch_save",
     "ensure_demo_dataset",
     "load_checkpoint",
