@@ -16,7 +16,9 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd
 from PIL import Image
 
-from tumorseg.data.lgg import LGGDatasetError, generate_kaggle_3m, segment_kaggle_3m_folder
+from tumorseg.data.lgg import LGGDatasetError
+from tumorseg.data.synthetic_lgg import generate_kaggle_3m
+from tumorseg.inference.lgg import segment_kaggle_3m_folder
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "lgg_flair_segmentation_2d"
 CONFIGS = BUNDLE / "configs"

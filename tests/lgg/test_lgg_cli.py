@@ -14,7 +14,8 @@ from monai.bundle import ConfigParser
 from PIL import Image
 
 from tumorseg.cli import main
-from tumorseg.data.lgg import LGG_LAYOUT, generate_kaggle_3m, load_lgg_manifest
+from tumorseg.data.lgg import LGG_LAYOUT, load_lgg_manifest
+from tumorseg.data.synthetic_lgg import generate_kaggle_3m
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "lgg_flair_segmentation_2d"
 CHANNELS = [4, 8, 16, 32, 64]

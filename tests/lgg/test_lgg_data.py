@@ -13,21 +13,20 @@ from PIL import Image
 
 from tumorseg.data.lgg import (
     LGG_LAYOUT,
-    LGGData,
     LGGDatasetError,
-    LGGOverlapMetric,
     build_lgg_manifest,
     discover_kaggle_3m,
-    generate_kaggle_3m,
     lgg_datalist,
     load_lgg_manifest,
-    overlap_scores,
     parse_slice_name,
-    remove_isolated_false_positives,
-    score_patients,
     stack_patient,
     write_lgg_manifest,
 )
+from tumorseg.data.synthetic_lgg import generate_kaggle_3m
+from tumorseg.metrics.lgg import LGGOverlapMetric, overlap_scores, score_patients
+from tumorseg.training import data as training_data
+from tumorseg.training.data import LGGData
+from tumorseg.transforms.post import remove_isolated_false_positives
 
 SHAPE = (32, 32, 16)
 
@@ -207,10 +206,8 @@ def test_ignite_metric_reads_slices_from_metadata() -> None:
 
 
 def test_demo_set_is_generated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tumorseg.data import lgg
-
-    monkeypatch.setitem(lgg.LGG_DEMO_DATASET, "num_patients", 2)
-    monkeypatch.setitem(lgg.LGG_DEMO_DATASET, "shape", SHAPE)
+    monkeypatch.setitem(training_data.LGG_DEMO_DATASET, "num_patients", 2)
+    monkeypatch.setitem(training_data.LGG_DEMO_DATASET, "shape", SHAPE)
     data = LGGData(demo_dir=tmp_path / "demo", num_folds=2)
     assert len(data.files("train")) == len(data.files("val")) == SHAPE[2]
     marker = tmp_path / "demo" / ".tumorseg_lgg_demo.json"

@@ -23,11 +23,8 @@ from monai.data import MetaTensor
 
 from _bundle_utils import free_port, override_args
 from tumorseg.cli import main
-from tumorseg.data.lgg import (
-    LGGOverlapMetric,
-    generate_kaggle_3m,
-    score_patients,
-)
+from tumorseg.data.synthetic_lgg import generate_kaggle_3m
+from tumorseg.metrics.lgg import LGGOverlapMetric, score_patients
 from tumorseg.training import SyncBuffers
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,6 @@ from tumorseg.cli import main
 from tumorseg.data.lgg import (
     LGGDatasetError,
     build_lgg_manifest,
-    generate_kaggle_3m,
     lgg_datalist,
     load_lgg_manifest,
 )
@@ -23,6 +22,7 @@ from tumorseg.data.lgg_split import (
     load_patient_split,
     verify_split_hashes,
 )
+from tumorseg.data.synthetic_lgg import generate_kaggle_3m
 
 SHARED_SPLIT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

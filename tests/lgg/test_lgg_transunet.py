@@ -17,7 +17,7 @@ from monai.bundle import ConfigParser
 from PIL import Image
 
 from tumorseg.cli import main
-from tumorseg.data.lgg import generate_kaggle_3m
+from tumorseg.data.synthetic_lgg import generate_kaggle_3m
 from tumorseg.networks import TransUNet
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "lgg_flair_segmentation_2d"

@@ -1,8 +1,8 @@
 """`tumorseg infer`: segment a folder of studies with a bundle (see :mod:`tumorseg.inference`).
 
 A bundle that trains on LGG kaggle_3m slices (``bundles/lgg_flair_segmentation_2d``, detected by
-:func:`tumorseg.data.lgg.is_lgg_bundle`) segments a kaggle_3m folder instead, through its own
-``inference.json`` (:func:`tumorseg.data.lgg.segment_with_bundle`), writing
+:func:`tumorseg.inference.lgg.is_lgg_bundle`) segments a kaggle_3m folder instead, through its own
+``inference.json`` (:func:`tumorseg.inference.lgg.segment_with_bundle`), writing
 ``<patient>/<patient>_<n>_mask.tif``.
 
 Exit codes: 0 all studies segmented (or already done), 1 some studies failed (the others were
@@ -125,7 +125,7 @@ _3D_ONLY = {
 def _run_lgg(args: argparse.Namespace) -> int:
     """Segment a kaggle_3m folder with an LGG bundle; exit 1 when some files failed."""
     from tumorseg.cli import CliError
-    from tumorseg.data.lgg import segment_with_bundle
+    from tumorseg.inference.lgg import segment_with_bundle
 
     for name, default in _3D_ONLY.items():
         value = getattr(args, name)
@@ -163,8 +163,8 @@ def _run_lgg(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tumorseg infer``; returns the exit code."""
-    from tumorseg.data.lgg import is_lgg_bundle
     from tumorseg.inference import Predictor
+    from tumorseg.inference.lgg import is_lgg_bundle
 
     if is_lgg_bundle(args.bundle):
         return _run_lgg(args)

@@ -1,5 +1,6 @@
 """`tumorseg synth`: write a synthetic BraTS-like dataset (see :mod:`tumorseg.data.synthetic`),
-or a synthetic LGG kaggle_3m slice set (``--layout kaggle_3m``, :mod:`tumorseg.data.lgg`)."""
+or a synthetic LGG kaggle_3m slice set (``--layout kaggle_3m``,
+:mod:`tumorseg.data.synthetic_lgg`)."""
 
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ def _run_kaggle_3m(args: argparse.Namespace, shape: tuple[int, int, int]) -> int
     from pathlib import Path
 
     from tumorseg.cli import CliError
-    from tumorseg.data.lgg import generate_kaggle_3m, kaggle_3m_patient_id
+    from tumorseg.data.synthetic_lgg import generate_kaggle_3m, kaggle_3m_patient_id
 
     # Options of the 3D layouts only: refusing them beats silently writing something else.
     defaults = {

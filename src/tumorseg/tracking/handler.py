@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from ignite.engine import Engine, Events
 
 from tumorseg.io import atomic_write_text
+from tumorseg.ranks import is_rank0
 from tumorseg.tracking.overlays import CaseSlice, pick_slice, render_overlay
 from tumorseg.tracking.settings import run_name as make_run_name
 from tumorseg.tracking.store import (
@@ -286,8 +287,6 @@ class MLflowTracker:
         Raises:
             TrackingUnavailableError: the store cannot be reached; nothing has been trained.
         """
-        from tumorseg.training.checkpoint import is_rank0
-
         if self.active or not is_rank0():
             return
         import mlflow

@@ -14,12 +14,11 @@ from tumorseg.training.checkpoint import (
     Checkpointer,
     EarlyStopOnValidation,
     atomic_torch_save,
-    is_rank0,
     load_checkpoint,
     load_network_weights,
     network_state_dict,
 )
-from tumorseg.training.data import BundleData, ensure_demo_dataset
+from tumorseg.training.data import BundleData, LGGData, ensure_demo_dataset
 from tumorseg.training.outputs import region_output
 from tumorseg.training.performance import (
     amp_enabled,
@@ -33,9 +32,9 @@ __all__ = [
     "BundleData",
     "Checkpointer",
     "EarlyStopOnValidation",
+    "LGGData",
     "atomic_torch_save",
     "ensure_demo_dataset",
-    "is_rank0",
     "load_checkpoint",
     "load_network_weights",
     "network_state_dict",

@@ -17,12 +17,12 @@ import torch
 from ignite.engine import Engine, Events
 
 from tumorseg.io import atomic_path
+from tumorseg.ranks import is_rank0
 
 __all__ = [
     "Checkpointer",
     "EarlyStopOnValidation",
     "atomic_torch_save",
-    "is_rank0",
     "load_checkpoint",
     "load_network_weights",
     "network_state_dict",
@@ -32,13 +32,6 @@ logger = logging.getLogger(__name__)
 
 LATEST = "checkpoint_latest.pt"
 BEST = "model.pt"
-
-
-def is_rank0() -> bool:
-    """True outside distributed runs and on global rank 0: the one process that writes."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return bool(torch.distributed.get_rank() == 0)
-    return True
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

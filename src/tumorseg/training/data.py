@@ -1,20 +1,37 @@
 """Which cases a bundle trains, validates and infers on.
 
 The bundle configs declare ``dataset_dir``, ``datalist`` and ``fold``; :class:`BundleData`
-turns them into MONAI datalists through the one discovery module, so a manifest file, a bare
-dataset folder and the built-in synthetic demo set all go through the same code.
+(3D studies) and :class:`LGGData` (kaggle_3m slices) turn them into MONAI datalists through
+the discovery modules of :mod:`tumorseg.data`, so a manifest file, a bare dataset folder and
+the built-in synthetic demo set all go through the same code.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BundleData", "DEMO_DATASET", "ensure_demo_dataset", "ensure_generated"]
+from tumorseg.data.lgg import (
+    LGGDatasetError,
+    build_lgg_manifest,
+    lgg_datalist,
+    load_lgg_manifest,
+)
+from tumorseg.data.manifest import build_manifest, load_datalist, load_manifest
+from tumorseg.data.synthetic import generate_dataset
+from tumorseg.data.synthetic_lgg import generate_kaggle_3m
+from tumorseg.ranks import ensure_generated
+
+__all__ = [
+    "BundleData",
+    "DEMO_DATASET",
+    "LGGData",
+    "LGG_DEMO_DATASET",
+    "ensure_demo_dataset",
+    "ensure_lgg_demo_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +43,9 @@ DEMO_DATASET: dict[str, Any] = {
     "layout": "brats2021",
     "num_unlabelled": 0,
 }
+
+#: The synthetic kaggle_3m set the LGG bundle generates when no dataset is given.
+LGG_DEMO_DATASET: dict[str, Any] = {"num_patients": 8, "shape": (64, 64, 24), "seed": 2019}
 
 
 class BundleData:
@@ -66,8 +86,6 @@ class BundleData:
             )
         self._manifest: dict[str, Any] | None = None
         if self.datalist:
-            from tumorseg.data.manifest import load_manifest
-
             self._manifest = load_manifest(self.datalist)
         self._label_convention = label_convention
 
@@ -75,8 +93,6 @@ class BundleData:
     def manifest(self) -> dict[str, Any]:
         """The manifest, loaded from ``datalist`` or built (without validation) from the folder."""
         if self._manifest is None:
-            from tumorseg.data.manifest import build_manifest
-
             self._manifest = build_manifest(
                 self.dataset_dir, num_folds=self.num_folds, validate=False
             )
@@ -94,8 +110,6 @@ class BundleData:
             split: which items.
             images_only: drop the label (inference reads only the images).
         """
-        from tumorseg.data.manifest import load_datalist
-
         root = self.dataset_dir or None
         items = load_datalist(self.manifest, dataset_dir=root, fold=self.fold, split=split)
         if images_only:
@@ -105,70 +119,73 @@ class BundleData:
         return items
 
 
-def ensure_generated(
-    folder: str | os.PathLike[str],
-    *,
-    settings: Mapping[str, Any],
-    generate: Callable[[Path], Any],
-    marker: str,
-    what: str,
-) -> str:
-    """Write a generated data set into ``folder`` once; reuse it while it is complete.
-
-    A marker file written last (atomically) records ``settings``, so an interrupted
-    generation (no marker) or one with other settings is redone, never trained on. In a
-    multi-process job only rank 0 generates; every rank then waits for it at a barrier (each
-    builds the bundle's data) and checks that it sees the finished set.
-
-    Args:
-        folder: where the set goes.
-        settings: what the set is generated from (JSON-serialisable).
-        generate: writes the set into the folder it is given.
-        marker: file name of the marker in ``folder``.
-        what: the set's name, for messages.
-
-    Returns:
-        ``folder`` as a string.
-
-    Raises:
-        ValueError: a rank other than 0 does not see the finished set (``folder`` is not on
-            a filesystem every node shares).
-    """
-    import torch.distributed as dist
-
-    from tumorseg.io import atomic_write_text
-
-    root = Path(folder).expanduser()
-    path = root / marker
-    text = json.dumps(dict(settings), sort_keys=True, default=list)
-
-    def complete() -> bool:
-        return path.is_file() and path.read_text(encoding="utf-8") == text
-
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    if rank == 0 and not complete():
-        logger.info("generating %s in %s", what, root)
-        generate(root)
-        atomic_write_text(path, text)
-    if distributed and dist.get_world_size() > 1:
-        dist.barrier()
-        if not complete():
-            raise ValueError(
-                f"rank {rank} does not see {what} rank 0 wrote in {str(root)!r}: put it on a "
-                "filesystem every node shares, or pass dataset_dir"
-            )
-    return str(root)
-
-
 def ensure_demo_dataset(demo_dir: str | os.PathLike[str]) -> str:
     """The synthetic demo set in ``demo_dir`` (:data:`DEMO_DATASET`), generated once."""
-    from tumorseg.data.synthetic import generate_dataset
-
     return ensure_generated(
         demo_dir,
         settings=DEMO_DATASET,
         generate=lambda root: generate_dataset(root, overwrite=True, **DEMO_DATASET),
         marker=".tumorseg_demo.json",
         what="the synthetic demo set",
+    )
+
+
+class LGGData:
+    """The LGG bundle's data settings, resolved once; hands out splits.
+
+    Args:
+        dataset_dir: the kaggle_3m folder; empty means the synthetic demo set in ``demo_dir``.
+        datalist: an LGG manifest JSON; empty means discover ``dataset_dir`` now.
+        fold: validation fold; ``-1`` trains on every labelled slice.
+        num_folds: folds used when discovering on the fly.
+        seed: fold seed used when discovering on the fly.
+        demo_dir: where the demo set is generated when ``dataset_dir`` is empty.
+
+    Raises:
+        LGGDatasetError: nothing to train on or an unusable folder / manifest.
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset_dir: str | os.PathLike[str] = "",
+        datalist: str | os.PathLike[str] = "",
+        fold: int = 0,
+        num_folds: int = 5,
+        seed: int = 0,
+        demo_dir: str | os.PathLike[str] = "",
+    ) -> None:
+        self.fold: int | None = None if int(fold) < 0 else int(fold)
+        self.datalist = str(datalist or "")
+        dataset = str(dataset_dir or "")
+        if not dataset:
+            if not str(demo_dir or ""):
+                raise LGGDatasetError("no dataset_dir or demo_dir given: nothing to train on")
+            dataset = ensure_lgg_demo_dataset(demo_dir)
+        self.dataset_dir = dataset
+        if self.datalist:
+            self.manifest = load_lgg_manifest(self.datalist)
+        else:
+            self.manifest = build_lgg_manifest(dataset, num_folds=int(num_folds), seed=int(seed))
+
+    def files(self, split: str) -> list[dict[str, Any]]:
+        """Items of ``split`` (``train``, ``val``, ``test``, ``all``) with absolute paths."""
+        items = lgg_datalist(
+            self.manifest, dataset_dir=self.dataset_dir, fold=self.fold, split=split
+        )
+        if not items and split in ("train", "val"):
+            logger.warning("split %r of fold %s is empty", split, self.fold)
+        return items
+
+
+def ensure_lgg_demo_dataset(demo_dir: str | os.PathLike[str]) -> str:
+    """The synthetic kaggle_3m demo set in ``demo_dir`` (:data:`LGG_DEMO_DATASET`), generated
+    once (by rank 0 only in a multi-process job; see
+    :func:`tumorseg.ranks.ensure_generated`)."""
+    return ensure_generated(
+        demo_dir,
+        settings=LGG_DEMO_DATASET,
+        generate=lambda root: generate_kaggle_3m(root, **LGG_DEMO_DATASET),
+        marker=".tumorseg_lgg_demo.json",
+        what="the synthetic kaggle_3m demo set",
     )

@@ -20,7 +20,7 @@ handler is added):
 * :func:`torchrun_command` builds the ``torchrun`` command line of ``tumorseg launch``.
 
 Writing (checkpoints, MLflow) is rank 0's job and is decided where it happens
-(:func:`tumorseg.training.is_rank0` in the ``Checkpointer`` and the ``MLflowTracker``).
+(:func:`tumorseg.ranks.is_rank0` in the ``Checkpointer`` and the ``MLflowTracker``).
 """
 
 from __future__ import annotations
