@@ -162,7 +162,8 @@ def _append(path: Path, code: str) -> None:
 
 def test_an_upward_import_inside_a_function_is_named(tmp_path: Path) -> None:
     copy = _copy(tmp_path)
-    _append(copy / "data" / "lgg.py", "def _late():\n    from tumorseg.inference import lgg\n")
+    late = "def _late():\n    from tumorseg.inference.lgg import segment_kaggle_3m_folder\n"
+    _append(copy / "data" / "lgg.py", late)
     problems = layer_violations(copy)
     assert len(problems) == 1, problems
     assert problems[0].startswith("tumorseg/data/lgg.py:")
