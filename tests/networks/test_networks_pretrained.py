@@ -15,9 +15,8 @@ from tumorseg.networks import (
     ResEncUNet,
     load_pretrained,
     param_groups,
-    pretrained_tags,
-    with_tags,
 )
+from tumorseg.tracking import pretrained_tags, with_tags
 
 SMALL_RESNET = {"depth": 10, "block_inplanes": (8, 8, 16, 16)}
 

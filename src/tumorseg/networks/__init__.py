@@ -7,8 +7,8 @@
 * :class:`AutocastInferer`: bfloat16 autocast on CPUs that compute it natively;
 * :func:`load_pretrained`: the one loader of pretrained weights (own checkpoints, MedicalNet,
   self-supervised Swin encoders), with a :class:`LoadReport`;
-* :func:`param_groups`, :class:`FreezeEncoder`, :func:`pretrained_network`,
-  :func:`pretrained_tags`: fine-tuning (``configs/finetune.json``).
+* :func:`param_groups`, :class:`FreezeEncoder`, :func:`pretrained_network`: fine-tuning
+  (``configs/finetune.json``; its MLflow tags are :func:`tumorseg.tracking.pretrained_tags`).
 
 The network choice of the bundle is a config file: ``configs/networks/*.json``.
 """
@@ -23,8 +23,6 @@ from tumorseg.networks.finetune import (
     name_map_for,
     param_groups,
     pretrained_network,
-    pretrained_tags,
-    with_tags,
 )
 from tumorseg.networks.mobilenet import (
     INVERTED_RESIDUAL_SETTINGS,
@@ -70,8 +68,6 @@ __all__ = [
     "name_map_for",
     "param_groups",
     "pretrained_network",
-    "pretrained_tags",
     "read_state_dict",
     "register_flexible_unet_backbones",
-    "with_tags",
 ]

@@ -13,17 +13,17 @@ file), but plain functions and one ignite handler, usable from any training loop
   ``epochs`` epochs so the random decoder cannot wreck the pretrained features through large
   early gradients, then unfreezes it. Frozen parameters get no gradient, which AdamW skips
   (no weight decay on them either). Norm layers of a frozen encoder still update their
-  running statistics in training mode, which is wanted on a shifted domain;
-* :func:`pretrained_tags` are the MLflow tags that point to the source checkpoint and run.
+  running statistics in training mode, which is wanted on a shifted domain.
+
+The MLflow tags that point a fine-tuned run to its source are tracking's:
+:func:`tumorseg.tracking.pretrained_tags`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from ignite.engine import Engine, Events
@@ -39,8 +39,6 @@ __all__ = [
     "name_map_for",
     "param_groups",
     "pretrained_network",
-    "pretrained_tags",
-    "with_tags",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,45 +175,6 @@ def pretrained_network(
         name_map=name_map,
     )
     return network
-
-
-def pretrained_tags(path: str | os.PathLike[str]) -> dict[str, str]:
-    """MLflow tags naming the pretrained source: path, SHA-256 and, when known, its run.
-
-    The run is known when the checkpoint sits in the ``ckpt_dir`` of a tumorseg training that
-    logged to MLflow (``mlflow_run.json`` beside it).
-    """
-    if not str(path or ""):
-        return {"tumorseg.pretrained": "none"}
-    file = Path(path).resolve()
-    tags = {"tumorseg.pretrained": str(file)}
-    if file.is_file():
-        digest = hashlib.sha256()
-        with file.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        tags["tumorseg.pretrained.sha256"] = digest.hexdigest()
-    from tumorseg.tracking.handler import read_run_record
-
-    record = read_run_record(file.parent)
-    if record:
-        tags["tumorseg.pretrained.run_id"] = record["run_id"]
-        if record.get("tracking_uri"):
-            tags["tumorseg.pretrained.tracking_uri"] = record["tracking_uri"]
-    return tags
-
-
-def with_tags(handlers: Sequence[Any], tags: Mapping[str, str]) -> list[Any]:
-    """``handlers`` with ``tags`` added to every MLflow tracker among them (the list, as is).
-
-    The bundle's :class:`~tumorseg.tracking.MLflowTracker` sits in ``train.json``'s handler
-    list; finding it by its ``tags`` attribute, not by list index, keeps ``finetune.json``
-    independent of that list's order.
-    """
-    for handler in handlers:
-        if isinstance(getattr(handler, "tags", None), dict):
-            handler.tags.update(tags)
-    return list(handlers)
 
 
 #: Network class name -> encoder key prefixes, for the networks of ``configs/networks/``.

@@ -3,7 +3,8 @@
 Light (no MLflow import): :func:`tracking_uri`, :func:`artifact_location`, :func:`run_name`,
 :func:`file_sha256`. Loaded on first use: :class:`MLflowTracker` (the ignite handler the
 bundle configs declare), :func:`check_tracking_uri`, :func:`fold_parent` (cross-validation
-parent run), :func:`compare_runs` and :func:`plot_curves` (``tumorseg compare``).
+parent run), :func:`compare_runs` and :func:`plot_curves` (``tumorseg compare``),
+:func:`pretrained_tags` and :func:`with_tags` (fine-tuning: the run names its source).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tumorseg.tracking.store import (
 if TYPE_CHECKING:
     from tumorseg.tracking.compare import Comparison, RunSummary, compare_runs, plot_curves
     from tumorseg.tracking.handler import MLflowTracker, read_run_record
+    from tumorseg.tracking.pretrained import pretrained_tags, with_tags
     from tumorseg.tracking.runs import fold_parent, summarise_children
 
 __all__ = [
@@ -33,10 +35,12 @@ __all__ = [
     "file_sha256",
     "fold_parent",
     "plot_curves",
+    "pretrained_tags",
     "read_run_record",
     "run_name",
     "summarise_children",
     "tracking_uri",
+    "with_tags",
 ]
 
 _LAZY = {
@@ -46,6 +50,8 @@ _LAZY = {
     "plot_curves": "compare",
     "MLflowTracker": "handler",
     "read_run_record": "handler",
+    "pretrained_tags": "pretrained",
+    "with_tags": "pretrained",
     "fold_parent": "runs",
     "summarise_children": "runs",
 }
