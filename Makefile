@@ -50,8 +50,11 @@ browser:
 test-slow: install
 	$(VENV)/bin/pytest -m slow -q
 
+# Real-data benchmarks take the data folder: make bench BENCH=lgg_real DATA=/data/kaggle_3m
+# [TRAIN=1] [LGG_NETWORK=transunet] [WORK=dir] (benchmarks/bench_lgg_real.py).
 bench: install
-	$(PY) benchmarks/run.py $(BENCH)
+	DATA="$(DATA)" TRAIN="$(TRAIN)" LGG_NETWORK="$(LGG_NETWORK)" WORK="$(WORK)" \
+	  $(PY) benchmarks/run.py $(BENCH)
 
 train: install
 	$(PY) -m monai.bundle run training \

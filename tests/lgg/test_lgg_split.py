@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,19 @@ from tumorseg.data.synthetic_lgg import generate_kaggle_3m
 SHARED_SPLIT = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def _dataset(tmp_path: Path, n: int = 6) -> tuple[Path, list[str]]:
-    root = tmp_path / "kaggle_3m"
-    ids = generate_kaggle_3m(root, num_patients=n, shape=(16, 16, 4), seed=3)
+@pytest.fixture(scope="module")
+def _generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("lgg_split") / "kaggle_3m"
+    ids = generate_kaggle_3m(root, num_patients=6, shape=(16, 16, 16), seed=3)
     return root, ids
+
+
+@pytest.fixture
+def dataset(tmp_path: Path, _generated: tuple[Path, list[str]]) -> tuple[Path, list[str]]:
+    """Six synthetic labelled patients, a private copy per test (some tests damage files)."""
+    root = tmp_path / "kaggle_3m"
+    shutil.copytree(_generated[0], root)
+    return root, list(_generated[1])
 
 
 def _split_file(root: Path, path: Path, test: list[str], dev: list[str]) -> Path:
@@ -43,8 +53,10 @@ def _split_file(root: Path, path: Path, test: list[str], dev: list[str]) -> Path
     return path
 
 
-def test_folds_come_from_development_patients_and_test_keeps_its_masks(tmp_path: Path) -> None:
-    root, ids = _dataset(tmp_path)
+def test_folds_come_from_development_patients_and_test_keeps_its_masks(
+    tmp_path: Path, dataset: tuple[Path, list[str]]
+) -> None:
+    root, ids = dataset
     split = load_patient_split(_split_file(root, tmp_path / "split.json", ids[:2], ids[2:]))
     manifest = apply_patient_split(build_lgg_manifest(root), split, num_folds=2, seed=0)
     train_patients = {t["patient"] for t in manifest["training"]}
@@ -65,24 +77,24 @@ def test_folds_come_from_development_patients_and_test_keeps_its_masks(tmp_path:
 
 
 def test_cli_builds_the_split_manifest_and_verifies_hashes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, dataset: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root, ids = _dataset(tmp_path)
+    root, ids = dataset
     split = _split_file(root, tmp_path / "split.json", ids[:1], ids[1:])
     out = tmp_path / "m.json"
     argv = ["manifest", str(root), "--split-file", str(split), "--verify", "--folds", "2"]
     assert main([*argv, "-o", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "files match the hashes" in text and "testing slices:      4 of 1 patients" in text
+    assert "files match the hashes" in text and "testing slices:      16 of 1 patients" in text
     manifest = load_lgg_manifest(out)
     assert {t["patient"] for t in manifest["testing"]} == {ids[0]}
     assert manifest["num_folds"] == 2
 
 
 def test_verify_names_every_changed_or_missing_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, dataset: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root, ids = _dataset(tmp_path)
+    root, ids = dataset
     split = _split_file(root, tmp_path / "split.json", ids[:1], ids[1:])
     changed = root / ids[2] / f"{ids[2]}_3_mask.tif"
     changed.write_bytes(changed.read_bytes() + b"\0")
@@ -97,8 +109,10 @@ def test_verify_names_every_changed_or_missing_file(
     assert "2 file(s)" in err and str(changed) in err and "Traceback" not in err
 
 
-def test_split_must_cover_the_dataset_exactly(tmp_path: Path) -> None:
-    root, ids = _dataset(tmp_path)
+def test_split_must_cover_the_dataset_exactly(
+    tmp_path: Path, dataset: tuple[Path, list[str]]
+) -> None:
+    root, ids = dataset
     partial = load_patient_split(_split_file(root, tmp_path / "a.json", ids[:1], ids[1:4]))
     with pytest.raises(LGGDatasetError, match="not in the split file") as err:
         apply_patient_split(build_lgg_manifest(root), partial)
@@ -127,22 +141,26 @@ def test_split_must_cover_the_dataset_exactly(tmp_path: Path) -> None:
     ],
 )
 def test_bad_split_files_are_named(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, shown: str
+    tmp_path: Path,
+    dataset: tuple[Path, list[str]],
+    capsys: pytest.CaptureFixture[str],
+    body: str,
+    shown: str,
 ) -> None:
     path = tmp_path / "split.json"
     path.write_text(body)
     with pytest.raises(LGGDatasetError, match="split") as err:
         load_patient_split(path)
     assert shown in str(err.value) and str(path) in str(err.value)
-    root, _ = _dataset(tmp_path, n=2)
+    root, _ = dataset
     assert main(["manifest", str(root), "--split-file", str(path), "-o", str(tmp_path / "m")]) == 2
     assert shown in capsys.readouterr().err
 
 
 def test_split_options_are_refused_where_they_do_not_apply(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, dataset: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    root, _ = _dataset(tmp_path, n=2)
+    root, _ = dataset
     assert main(["manifest", str(root), "--verify", "-o", str(tmp_path / "m.json")]) == 2
     assert "add --split-file" in capsys.readouterr().err
     argv = ["manifest", str(tmp_path), "--layout", "brats2021", "--split-file", "s.json"]

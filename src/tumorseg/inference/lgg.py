@@ -60,6 +60,8 @@ def segment_kaggle_3m_folder(
     device: Any = "cpu",
     threshold: float = 0.5,
     min_slices: int = 0,
+    max_components: int = 0,
+    flip_tta: bool = False,
     batch_size: int = 16,
     overwrite: bool = False,
 ) -> LGGInferenceReport:
@@ -76,7 +78,12 @@ def segment_kaggle_3m_folder(
         preprocessing: the bundle's validation preprocessing, applied to ``{"image": path}``.
         device: torch device to run on.
         threshold: probability threshold.
-        min_slices: > 0 applies :func:`remove_isolated_false_positives` per patient.
+        min_slices: > 0 drops 3D components spanning fewer slices
+            (:func:`remove_isolated_false_positives`, per patient).
+        max_components: > 0 keeps only that many of each patient's 3D components, largest
+            first.
+        flip_tta: average the probabilities of each slice and of its left-right mirror image
+            (twice the network time).
         batch_size: slices per forward pass.
         overwrite: replace existing masks (otherwise a patient already done is skipped).
 
@@ -105,15 +112,21 @@ def segment_kaggle_3m_folder(
                         for s in chunk
                     ]
                 )
+                batch = batch.to(device)
                 with torch.no_grad():
-                    probs = torch.sigmoid(network(batch.to(device)))
+                    probs = torch.sigmoid(network(batch))
+                    if flip_tta:
+                        mirrored = torch.sigmoid(network(batch.flip(-1))).flip(-1)
+                        probs = (probs + mirrored) / 2
                 # Padding added by the preprocessing (DivisiblePad) is at the end: crop it away.
                 binary = (probs[:, 0, :height, :width] > threshold).cpu().numpy()
                 for s, mask in zip(chunk, binary, strict=True):
                     masks[s.index] = mask
             volume = stack_patient(masks)
-            if min_slices > 0:
-                volume = remove_isolated_false_positives(volume, min_slices=min_slices)
+            if min_slices > 0 or max_components > 0:
+                volume = remove_isolated_false_positives(
+                    volume, min_slices=min_slices, max_components=max_components
+                )
             for k, index in enumerate(sorted(masks)):
                 write_tif(np.where(volume[k], 255, 0).astype(np.uint8), targets[index])
                 report.written.append(targets[index])

@@ -1,0 +1,128 @@
+"""The LGG bundle on real patients: ``make bench BENCH=lgg_real DATA=<kaggle_3m folder>``.
+
+Scores a model on the 22 held-out test patients of the project's fixed split
+(``../shared/data/lgg_kaggle_3m_split.json``) exactly as a user would get it: the copy is checked
+against the split's SHA-256 list, ``tumorseg infer`` segments the test patients' slices (the
+bundle's default post-processing included) and every patient's predicted masks, stacked by slice
+index, get one 3D Dice against the dataset's masks (both empty scores 1), the published
+anchor's rule (Buda et al. 2019: mean 83.6 %, median 87.3 %).
+
+By default the committed model (``bundles/lgg_flair_segmentation_2d/models/model.pt``) is
+scored. ``TRAIN=1`` first trains one with the bundle's recipe on the development patients (fold
+0 of the 88 for model selection; the test patients are never read), timing it, and scores that;
+``LGG_NETWORK=transunet`` (or another ``configs/networks/*.json``) picks the network; ``WORK=dir``
+keeps the manifest, the model, the masks and ``scores.json`` there (default a temporary folder).
+Without ``DATA`` the section says how to run it and nothing else happens: the data is not in
+the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "lgg_flair_segmentation_2d"
+SPLIT = REPO.parent / "shared" / "data" / "lgg_kaggle_3m_split.json"
+TITLE = "## LGG kaggle_3m, real patients (22 held-out test patients)"
+
+
+def _tumorseg(*args: str) -> None:
+    # The console script of this interpreter's environment: what a user runs.
+    subprocess.run([str(Path(sys.executable).with_name("tumorseg")), *args], check=True)
+
+
+def _train(manifest: Path, data: str, models: Path, network: str) -> float:
+    """Train on the development patients (validation: their fold 0); returns wall seconds."""
+    configs = [str(BUNDLE / "configs" / "train.json")]
+    if network:
+        configs.append(str(BUNDLE / "configs" / "networks" / f"{network}.json"))
+    conf = BUNDLE / "configs"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
+           "--meta_file", str(conf / "metadata.json"),
+           "--config_file", str(configs), "--logging_file", str(conf / "logging.conf"),
+           "--bundle_root", str(BUNDLE), "--dataset_dir", data, "--datalist", str(manifest),
+           "--fold", "0", "--val_interval", "2", "--ckpt_dir", str(models)]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - start
+
+
+def run() -> str:
+    """Run the benchmark (see the module docstring); returns its markdown section."""
+    data = os.environ.get("DATA", "")
+    if not data:
+        return f"{TITLE}\n\nskipped: run `make bench BENCH=lgg_real DATA=<kaggle_3m folder>`\n"
+    from tumorseg.metrics.lgg import score_mask_folders, summarise_patient_dice
+
+    split_file = Path(os.environ.get("SPLIT", str(SPLIT)))
+    network = os.environ.get("LGG_NETWORK", "")
+    work = Path(os.environ.get("WORK") or tempfile.mkdtemp(prefix="bench_lgg_real_"))
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = work / "manifest.json"
+    _tumorseg("manifest", data, "--split-file", str(split_file), "--verify", "-o", str(manifest))
+    listed = json.loads(manifest.read_text())
+    test_patients = sorted({t["patient"] for t in listed["testing"]})
+
+    checkpoint = BUNDLE / "models" / "model.pt"
+    train_s = None
+    if os.environ.get("TRAIN", "") in ("1", "true", "yes"):
+        train_s = _train(manifest, data, work / "models", network)
+        checkpoint = work / "models" / "model.pt"
+
+    # Only the test patients are handed to inference: a folder of links to their folders.
+    inputs = work / "test_inputs"
+    inputs.mkdir(exist_ok=True)
+    root = Path(data) / "kaggle_3m" if (Path(data) / "kaggle_3m").is_dir() else Path(data)
+    for patient in test_patients:
+        link = inputs / patient
+        if not link.exists():
+            link.symlink_to((root / patient).resolve(), target_is_directory=True)
+    masks = work / "test_masks"
+    args = ["infer", "--bundle", str(BUNDLE), "--input", str(inputs), "--output", str(masks),
+            "--checkpoint", str(checkpoint), "--overwrite"]  # fmt: skip
+    if network:
+        args += ["--config-file", f"networks/{network}.json"]
+    start = time.perf_counter()
+    _tumorseg(*args)
+    infer_s = time.perf_counter() - start
+
+    scores = score_mask_folders(masks, root, test_patients)
+    summary = summarise_patient_dice(scores["patient"])
+    record = {
+        "network": network or "unet2d (default)",
+        "checkpoint": str(checkpoint),
+        "split_sha256": listed.get("split_sha256"),
+        "train_s": train_s,
+        "infer_s": infer_s,
+        "patient_dice": {p: v[0] for p, v in scores["patient"].items()},
+        "slice_dice_mean": scores["slice_dice"],
+        **summary,
+    }
+    (work / "scores.json").write_text(json.dumps(record, indent=2) + "\n")
+    sites = ", ".join(
+        f"{s} {v['mean']:.3f} (n={v['n']})" for s, v in summary["per_institution"].items()
+    )
+    lines = [
+        TITLE,
+        "",
+        f"network: {record['network']}; checkpoint: `{checkpoint}`",
+        "",
+        "| per-patient Dice | mean | median | patients | per institution (mean) |",
+        "|---|---|---|---|---|",
+        f"| test | {summary['mean']:.3f} | {summary['median']:.3f} | {summary['n']} | {sites} |",
+        "",
+        f"inference of {len(test_patients)} patients: {infer_s:.0f} s"
+        + (f"; training: {train_s / 60:.1f} min" if train_s is not None else ""),
+        f"(per patient: `{work / 'scores.json'}`)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(run())
