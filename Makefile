@@ -51,9 +51,10 @@ test-slow: install
 	$(VENV)/bin/pytest -m slow -q
 
 # Real-data benchmarks take the data folder: make bench BENCH=lgg_real DATA=/data/kaggle_3m
-# [TRAIN=1] [LGG_NETWORK=transunet] [WORK=dir] (benchmarks/bench_lgg_real.py).
+# [TRAIN=1] [LGG_NETWORK=transunet] [LGG_CHECKPOINT=path] [WORK=dir] (benchmarks/bench_lgg_real.py).
 bench: install
-	DATA="$(DATA)" TRAIN="$(TRAIN)" LGG_NETWORK="$(LGG_NETWORK)" WORK="$(WORK)" \
+	DATA="$(DATA)" TRAIN="$(TRAIN)" LGG_NETWORK="$(LGG_NETWORK)" \
+	  LGG_CHECKPOINT="$(LGG_CHECKPOINT)" WORK="$(WORK)" \
 	  $(PY) benchmarks/run.py $(BENCH)
 
 train: install

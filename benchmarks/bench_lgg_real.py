@@ -10,7 +10,8 @@ anchor's rule (Buda et al. 2019: mean 83.6 %, median 87.3 %).
 By default the committed model (``bundles/lgg_flair_segmentation_2d/models/model.pt``) is
 scored. ``TRAIN=1`` first trains one with the bundle's recipe on the development patients (fold
 0 of the 88 for model selection; the test patients are never read), timing it, and scores that;
-``LGG_NETWORK=transunet`` (or another ``configs/networks/*.json``) picks the network; ``WORK=dir``
+``LGG_NETWORK=transunet`` (or another ``configs/networks/*.json``) picks the network,
+``LGG_CHECKPOINT=path`` scores other weights; ``WORK=dir``
 keeps the manifest, the model, the masks and ``scores.json`` there (default a temporary folder).
 Without ``DATA`` the section says how to run it and nothing else happens: the data is not in
 the repository.
@@ -69,7 +70,7 @@ def run() -> str:
     listed = json.loads(manifest.read_text())
     test_patients = sorted({t["patient"] for t in listed["testing"]})
 
-    checkpoint = BUNDLE / "models" / "model.pt"
+    checkpoint = Path(os.environ.get("LGG_CHECKPOINT") or BUNDLE / "models" / "model.pt")
     train_s = None
     if os.environ.get("TRAIN", "") in ("1", "true", "yes"):
         train_s = _train(manifest, data, work / "models", network)
