@@ -20,7 +20,8 @@ from tumorseg.tracking.store import (
 
 if TYPE_CHECKING:
     from tumorseg.tracking.compare import Comparison, RunSummary, compare_runs, plot_curves
-    from tumorseg.tracking.handler import MLflowTracker, read_run_record
+    from tumorseg.tracking.handler import MLflowTracker
+    from tumorseg.tracking.lifecycle import read_run_record
     from tumorseg.tracking.pretrained import pretrained_tags, with_tags
     from tumorseg.tracking.runs import fold_parent, summarise_children
 
@@ -49,7 +50,7 @@ _LAZY = {
     "compare_runs": "compare",
     "plot_curves": "compare",
     "MLflowTracker": "handler",
-    "read_run_record": "handler",
+    "read_run_record": "lifecycle",
     "pretrained_tags": "pretrained",
     "with_tags": "pretrained",
     "fold_parent": "runs",

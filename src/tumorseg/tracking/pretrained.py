@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tumorseg.tracking.handler import read_run_record
+from tumorseg.tracking.lifecycle import read_run_record
 from tumorseg.tracking.store import file_sha256
 
 __all__ = ["pretrained_tags", "with_tags"]
