@@ -8,8 +8,8 @@ index, get one 3D Dice against the dataset's masks (both empty scores 1), the pu
 anchor's rule (Buda et al. 2019: mean 83.6 %, median 87.3 %).
 
 By default the committed model (``bundles/lgg_flair_segmentation_2d/models/model.pt``) is
-scored. ``TRAIN=1`` first trains one with the bundle's recipe on the development patients (fold
-0 of the 88 for model selection; the test patients are never read), timing it, and scores that;
+scored. ``TRAIN=1`` first trains one as the released one was, on the 88 development patients
+(the test patients are never read), timing it, and scores that;
 ``LGG_NETWORK=transunet`` (or another ``configs/networks/*.json``) picks the network,
 ``LGG_CHECKPOINT=path`` scores other weights; ``WORK=dir``
 keeps the manifest, the model, the masks and ``scores.json`` there (default a temporary folder).
@@ -38,8 +38,17 @@ def _tumorseg(*args: str) -> None:
     subprocess.run([str(Path(sys.executable).with_name("tumorseg")), *args], check=True)
 
 
+#: The released model's training: every development patient (``--fold -1``, so no validation
+#: slice is left out) for the epoch count chosen on development fold 0 (best at epoch 34 of 50).
+RELEASE_ARGS = ("--fold", "-1", "--epochs", "36", "--val_interval", "1000")
+
+
 def _train(manifest: Path, data: str, models: Path, network: str) -> float:
-    """Train on the development patients (validation: their fold 0); returns wall seconds."""
+    """Train on the development patients; returns wall seconds.
+
+    ``LGG_TRAIN_ARGS`` (e.g. ``"--fold 0 --epochs 20 --val_interval 2"``) replaces the
+    release settings.
+    """
     configs = [str(BUNDLE / "configs" / "train.json")]
     if network:
         configs.append(str(BUNDLE / "configs" / "networks" / f"{network}.json"))
@@ -48,7 +57,8 @@ def _train(manifest: Path, data: str, models: Path, network: str) -> float:
            "--meta_file", str(conf / "metadata.json"),
            "--config_file", str(configs), "--logging_file", str(conf / "logging.conf"),
            "--bundle_root", str(BUNDLE), "--dataset_dir", data, "--datalist", str(manifest),
-           "--fold", "0", "--val_interval", "2", "--ckpt_dir", str(models)]  # fmt: skip
+           "--ckpt_dir", str(models)]  # fmt: skip
+    cmd += os.environ.get("LGG_TRAIN_ARGS", "").split() or list(RELEASE_ARGS)
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     return time.perf_counter() - start
@@ -74,7 +84,10 @@ def run() -> str:
     train_s = None
     if os.environ.get("TRAIN", "") in ("1", "true", "yes"):
         train_s = _train(manifest, data, work / "models", network)
+        # Without validation (the release settings) no best model.pt is chosen: the last state.
         checkpoint = work / "models" / "model.pt"
+        if not checkpoint.is_file():
+            checkpoint = work / "models" / "checkpoint_latest.pt"
 
     # Only the test patients are handed to inference: a folder of links to their folders.
     inputs = work / "test_inputs"
