@@ -421,7 +421,11 @@ def test_real_studies_are_discovered(real_studies, tmp_path):
         "t2w.nii.gz",
     ]
     # The folder of reference segmentations beside them is not mistaken for a case.
-    assert [c.case_id for c in discover_cases(real_studies)] == ["TCGA-DU-7294"]
+    beside = tmp_path / "beside"
+    beside.mkdir()
+    for name in ("brats2020_layout", "reference_segmentations"):
+        (beside / name).symlink_to(real_studies / name, target_is_directory=True)
+    assert [c.case_id for c in discover_cases(beside)] == ["TCGA-DU-7294"]
 
     # A truncated copy of a real 240x240x155 study is caught (the other files are linked).
     case_dir = tmp_path / "TCGA-DU-7294"
