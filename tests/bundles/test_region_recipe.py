@@ -1,7 +1,9 @@
 """The training recipe of both BraTS region bundles, read from their ``train.json``.
 
-The trainer's log does not call the highest training loss its "best". The loss and the
-validation key metric: ``tests/test_losses.py`` and ``tests/metrics/test_metrics_handlers.py``.
+Negative patch centres are drawn from the whole brain (not only from voxels brighter than
+their channel's mean after z-scoring), and the trainer's log does not call the highest
+training loss its "best". The loss and the validation key metric: ``tests/test_losses.py``
+and ``tests/metrics/test_metrics_handlers.py``.
 """
 
 from __future__ import annotations
@@ -9,13 +11,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.transforms import Compose
 
 from _bundle_utils import BUNDLES
 
 REGION_BUNDLES = ("brats_mri_segmentation", "brats_slice_segmentation_2d")
+SHAPE = (40, 40, 48)
+DARK, BRIGHT = -1.0, 1.5  # z-scored brain tissue below / above its channel's mean
 
 
 def _parser(bundle: str, **overrides: Any) -> ConfigParser:
@@ -23,6 +30,56 @@ def _parser(bundle: str, **overrides: Any) -> ConfigParser:
     parser.read_config(str(BUNDLES / bundle / "configs" / "train.json"))
     parser.update({"num_workers": 0, **overrides})
     return parser
+
+
+def _sampler(bundle: str, num_samples: int) -> Compose:
+    """The bundle's random transforms up to (and with) the patch sampler."""
+    overrides: dict[str, Any] = {"num_samples": num_samples}
+    if bundle == "brats_mri_segmentation":
+        overrides["roi_size"] = [9, 9, 9]  # odd: the centre voxel is the patch's middle
+    parser = _parser(bundle, **overrides)
+    chain = parser.get_parsed_content("train#random_transforms")
+    names = [type(t).__name__ for t in chain]
+    return Compose(chain[: names.index("RandCropByPosNegLabeld") + 1])
+
+
+def _tumour_free_study() -> dict[str, MetaTensor]:
+    """A z-scored brain block, 0 outside it; its lower axial half is dark in every channel."""
+    image = np.zeros((4, *SHAPE), np.float32)
+    image[:, 6:34, 6:34, 6:42] = BRIGHT
+    image[:, 6:34, 6:34, 6:24] = DARK
+    label = np.zeros((3, *SHAPE), np.float32)
+    return {"image": MetaTensor(image), "label": MetaTensor(label)}
+
+
+@pytest.mark.parametrize("bundle", REGION_BUNDLES)
+def test_negative_centres_cover_the_whole_brain_and_nothing_outside(bundle: str) -> None:
+    sampler = _sampler(bundle, num_samples=200)
+    sampler.set_random_state(seed=0)
+    samples = sampler(_tumour_free_study())
+    centres = []
+    for s in samples:
+        image = np.asarray(s["image"])
+        if bundle == "brats_mri_segmentation":
+            centres.append(float(image[0, 4, 4, 4]))
+        else:  # one axial slice: its brain values tell which half it came from
+            values = image[0][image[0] != 0]
+            centres.append(float(values[0]) if values.size else 0.0)
+    centres_arr = np.asarray(centres)
+    assert not np.any(centres_arr == 0.0), "a negative centre outside the brain"
+    dark_share = float(np.mean(centres_arr == DARK))
+    # The dark half is 18 of 36 brain slices (3D: half the brain's voxels); with the former
+    # image_threshold on the z-scored image it was never a centre.
+    assert 0.3 <= dark_share <= 0.7, dark_share
+
+
+@pytest.mark.parametrize("bundle", REGION_BUNDLES)
+def test_sampler_masks_do_not_reach_the_batch(bundle: str) -> None:
+    parser = _parser(bundle, num_samples=2, roi_size=[16, 16, 16][: 3 if "mri" in bundle else 2])
+    transforms = Compose(parser.get_parsed_content("train#random_transforms"))
+    transforms.set_random_state(seed=0)
+    for sample in transforms(_tumour_free_study()):
+        assert set(sample) == {"image", "label"}
 
 
 @pytest.mark.parametrize("bundle", REGION_BUNDLES)

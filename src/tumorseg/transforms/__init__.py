@@ -1,5 +1,6 @@
 """Transforms MONAI lacks: label maps <-> region channels for every convention, and the
-tumour mask that MONAI's label-driven crops need for region channels."""
+tumour and brain masks that MONAI's label-driven crops need (positive centres on any tumour,
+negative centres anywhere in the brain)."""
 
 from tumorseg.transforms.labels import (
     LabelsToRegions,
@@ -11,13 +12,16 @@ from tumorseg.transforms.labels import (
     regions_to_labels,
     tumour_mask,
 )
+from tumorseg.transforms.masks import BrainMaskd, brain_mask
 
 __all__ = [
+    "BrainMaskd",
     "LabelsToRegions",
     "LabelsToRegionsd",
     "RegionsToLabels",
     "RegionsToLabelsd",
     "TumourMaskd",
+    "brain_mask",
     "labels_to_regions",
     "regions_to_labels",
     "tumour_mask",
