@@ -22,8 +22,44 @@ def read_ids(name: str) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
+#: The one patient group of the BraTS 2021 cases whose pairing with BraTS 2023 is not known:
+#: see :func:`brats2021_patients`.
+BRATS2021_UNPAIRED = "BraTS2021-unpaired-timepoints"
+
+
+def brats2021_patients(brats2021_ids: list[str], brats2023_ids: list[str]) -> dict[str, str]:
+    """BraTS 2021 case id -> patient, from the BraTS 2023 GLI ids (``BraTS-GLI-PPPPP-TTT``).
+
+    BraTS 2023 GLI is the BraTS 2021 training set renamed: every ``-000`` patient number
+    ``PPPPP`` is a BraTS 2021 id ``BraTS2021_PPPPP``, and the 118 BraTS 2021 ids left over are
+    the 118 second timepoints ``BraTS-GLI-PPPPP-001``. Which leftover id is which patient's
+    second timepoint cannot be read from the names, so those 118 ids and the first timepoints
+    of the 118 patients with a ``-001`` form one conservative group (:data:`BRATS2021_UNPAIRED`,
+    one fold); every other case is the BraTS 2023 patient of its number, alone.
+    """
+    first = {c.split("-")[2] for c in brats2023_ids if c.endswith("-000")}
+    second = {c.split("-")[2] for c in brats2023_ids if c.endswith("-001")}
+    out: dict[str, str] = {}
+    for case_id in brats2021_ids:
+        number = case_id.removeprefix("BraTS2021_")
+        if number in first and number not in second:
+            out[case_id] = f"BraTS-GLI-{number}"
+        else:  # a first timepoint with an unknown second one, or an unpaired later one
+            out[case_id] = BRATS2021_UNPAIRED
+    unpaired = sum(1 for p in out.values() if p == BRATS2021_UNPAIRED)
+    if unpaired != 2 * len(second):
+        raise ValueError(
+            f"expected {2 * len(second)} BraTS 2021 cases without a known pairing (the "
+            f"{len(second)} patients with a second timepoint and as many leftover ids), "
+            f"found {unpaired}: do the two case lists describe the same data?"
+        )
+    return out
+
+
 def public_specs() -> dict[str, dict[str, Any]]:
     """File name to :func:`manifest_from_case_ids` arguments, for each public dataset."""
+    brats2021 = read_ids("brats2021_training.txt")
+    brats2023 = read_ids("brats2023_gli_training.txt")
     return {
         "brats2020.json": {
             "case_ids": [f"BraTS20_Training_{i:03d}" for i in range(1, 370)],
@@ -33,14 +69,17 @@ def public_specs() -> dict[str, dict[str, Any]]:
             "MICCAI_BraTS2020_TrainingData, the folder holding BraTS20_Training_001 ... 369.",
         },
         "brats2021.json": {
-            "case_ids": read_ids("brats2021_training.txt"),
+            "case_ids": brats2021,
             "layout": "brats2021",
             "name": "brats2021",
-            "description": "RSNA-ASNR-MICCAI BraTS 2021 training data (1251 labelled cases). "
-            "Set dataset_dir to the folder holding the BraTS2021_XXXXX case folders.",
+            "description": "RSNA-ASNR-MICCAI BraTS 2021 training data (1251 labelled cases; "
+            "patient_id is the BraTS 2023 GLI patient, and the 236 cases of patients with two "
+            "timepoints share one fold: data_manifests/README.md). Set dataset_dir to the "
+            "folder holding the BraTS2021_XXXXX case folders.",
+            "patient_id": brats2021_patients(brats2021, brats2023),
         },
         "brats2023_gli.json": {
-            "case_ids": read_ids("brats2023_gli_training.txt"),
+            "case_ids": brats2023,
             "layout": "brats2023",
             "name": "brats2023_gli",
             "description": "BraTS 2023 adult glioma (GLI) training data (1251 labelled cases; "

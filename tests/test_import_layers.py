@@ -4,7 +4,7 @@ Layers, bottom to top (a module may import its own layer and the ones below)::
 
     conventions, io, ranks (and the package root, for __version__)
     data, transforms
-    metrics, networks
+    metrics, networks, losses
     training, inference, tracking
     viewer, demo
     cli (and __main__)
@@ -34,7 +34,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "src" / "tumorseg"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("", "conventions", "io", "ranks"),
     ("data", "transforms"),
-    ("metrics", "networks"),
+    ("metrics", "networks", "losses"),
     ("training", "inference", "tracking"),
     ("viewer", "demo"),
     ("cli", "__main__"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -27,7 +28,7 @@ from tumorseg.data import (
     validate_manifest_against,
     write_manifest,
 )
-from tumorseg.data.manifest import MANIFEST_KEYS
+from tumorseg.data.manifest import MANIFEST_KEYS, patient_key
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC = REPO / "data_manifests"
@@ -99,6 +100,60 @@ def test_custom_patient_function_groups_cases():
     folds = assign_folds(ids, num_folds=2, patient_id=lambda c: c.split("_")[0])
 
     assert folds["p1_a"] == folds["p1_b"] and folds["p3_a"] == folds["p3_b"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        {"p1_a": "p1", "p1_b": "p1", "p2_a": "p2", "p3_a": "p3", "p3_b": "p3", "p4_a": "p4"},
+        r"^(p\d)_",
+        r"(?P<patient>p\d)_[ab]",
+        re.compile(r"p\d"),
+    ],
+    ids=["mapping", "regex-group", "regex-named", "regex-whole-match"],
+)
+def test_patient_key_can_be_a_mapping_or_a_regular_expression(key):
+    ids = ["p1_a", "p1_b", "p2_a", "p3_a", "p3_b", "p4_a"]
+
+    folds = assign_folds(ids, num_folds=2, patient_id=key)
+
+    assert folds["p1_a"] == folds["p1_b"] and folds["p3_a"] == folds["p3_b"]
+    assert patient_key(key)("p3_b") == "p3"
+
+
+def test_patient_key_names_every_uncovered_case():
+    with pytest.raises(ValueError, match=r"2 case\(s\) without a patient: .*'c'.*'d'"):
+        assign_folds(["a", "b", "c", "d"], patient_id={"a": "x", "b": "y"})
+    with pytest.raises(ValueError, match="does not match"):
+        assign_folds(["sub-1_ses-1", "other"], patient_id=r"^(sub-\d+)_")
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        patient_key("(unclosed")
+    with pytest.raises(TypeError, match="int"):
+        patient_key(3)  # type: ignore[arg-type]
+
+
+def test_build_manifest_groups_custom_patients_and_records_them(tmp_path, make_case):
+    for case_id in ("sub-01_ses-1", "sub-01_ses-2", "sub-02_ses-1", "sub-03_ses-1"):
+        make_case(tmp_path, case_id)
+
+    manifest = build_manifest(tmp_path, num_folds=2, patient_id=r"^(sub-\d+)_", validate=False)
+
+    items = {t["case_id"]: t for t in manifest["training"]}
+    assert items["sub-01_ses-1"]["fold"] == items["sub-01_ses-2"]["fold"]
+    assert {t["patient_id"] for t in items.values()} == {"sub-01", "sub-02", "sub-03"}
+    path = write_manifest(manifest, tmp_path / "m.json")
+    assert load_manifest(path)["training"] == manifest["training"]
+
+
+def test_load_manifest_refuses_a_patient_in_two_folds(dataset, tmp_path):
+    manifest = build_manifest(dataset, num_folds=2)
+    first, second = manifest["training"][:2]
+    first["patient_id"] = second["patient_id"] = "same-patient"
+    first["fold"], second["fold"] = 0, 1
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+
+    with pytest.raises(ManifestError, match=r"1 patient\(s\) in more than one fold.*same-patient"):
+        load_manifest(tmp_path / "m.json")
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.0, True])
@@ -625,6 +680,58 @@ def test_public_brats2023_timepoints_share_a_fold():
     pairs = [(i, i[:-3] + "000") for i in fold if i.endswith("-001")]
 
     assert pairs and all(fold[a] == fold[b] for a, b in pairs)
+
+
+def _possible_same_patient(name: str, manifest) -> list[set[str]]:
+    """Sets of case ids that are, or may be, one patient's, from the case ids alone.
+
+    BraTS 2023 GLI: ``BraTS-GLI-PPPPP-TTT`` is patient ``PPPPP`` at timepoint ``TTT``.
+    BraTS 2021: the same data under other names: ``BraTS2021_PPPPP`` is ``BraTS-GLI-PPPPP-000``;
+    the 2021 ids that are no 2023 ``-000`` number are the 2023 ``-001`` cases, in an order the
+    names do not tell, so any of them may be the second timepoint of any patient with a
+    ``-001``. BraTS 2020: the names carry no patient, only what the manifest records.
+    """
+    groups: dict[str, set[str]] = {}
+    for item in manifest["training"]:
+        groups.setdefault(item.get("patient_id", item["case_id"]), set()).add(item["case_id"])
+    out = list(groups.values())
+    ids = [t["case_id"] for t in manifest["training"]]
+    gli = [t["case_id"] for t in load_manifest(PUBLIC / "brats2023_gli.json")["training"]]
+    if name == "brats2023_gli.json":
+        by_patient: dict[str, set[str]] = {}
+        for case_id in ids:
+            by_patient.setdefault(case_id.rsplit("-", 1)[0], set()).add(case_id)
+        out += list(by_patient.values())
+    elif name == "brats2021.json":
+        first = {c.split("-")[2] for c in gli if c.endswith("-000")}
+        second = {c.split("-")[2] for c in gli if c.endswith("-001")}
+        unknown = {c for c in ids if c.split("_")[1] not in first}
+        assert len(unknown) == len(second) == 118
+        out.append(unknown | {f"BraTS2021_{n}" for n in second})
+    return out
+
+
+@pytest.mark.parametrize("name", ["brats2020.json", "brats2021.json", "brats2023_gli.json"])
+def test_no_patient_of_the_public_brats_manifests_is_in_two_folds(name):
+    manifest = load_manifest(PUBLIC / name)
+    fold = {t["case_id"]: t["fold"] for t in manifest["training"]}
+
+    groups = _possible_same_patient(name, manifest)
+
+    split = [sorted(g)[:3] for g in groups if len({fold[c] for c in g}) > 1]
+    assert not split, f"{len(split)} patient(s) of {name} in several folds, e.g. {split[:3]}"
+
+
+def test_public_brats2021_patients_are_the_brats2023_ones():
+    b2021 = {t["case_id"]: t for t in load_manifest(PUBLIC / "brats2021.json")["training"]}
+    b2023 = load_manifest(PUBLIC / "brats2023_gli.json")["training"]
+    single = {t["patient_id"] for t in b2023} - {
+        t["patient_id"] for t in b2023 if t["case_id"].endswith("-001")
+    }
+    for patient in single:
+        assert b2021["BraTS2021_" + patient.split("-")[2]]["patient_id"] == patient
+    unpaired = [c for c, t in b2021.items() if t["patient_id"] == "BraTS2021-unpaired-timepoints"]
+    assert len(unpaired) == 236 and len(single) == 1251 - 236
 
 
 def test_public_manifests_match_a_fresh_build():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -125,10 +127,70 @@ def test_ignite_handler_reports_key_metric_and_regions():
         _expected(_label(2), _label(with_et=False), (1, 1, 1)),
     ]
     assert isinstance(metrics["val_mean_dice"], float)
-    assert metrics["val_mean_dice"] == pytest.approx(metrics["val_dice_mean"])
+    assert metrics["val_mean_dice"] == pytest.approx(
+        np.mean([metrics[f"val_dice_{r}"] for r in ("WT", "TC", "ET")])
+    )
+    assert "val_dice_mean" not in metrics  # one name for the mean Dice
     for key in expected[0]:
         assert metrics[f"val_{key}"] == pytest.approx(np.mean([e[key] for e in expected]))
     assert state.metric_details["val_mean_dice"].shape == (2, 6)
+
+
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+REGION_BUNDLES = ("brats_mri_segmentation", "brats_slice_segmentation_2d")
+
+
+def _bundle_key_metric(bundle: str):
+    """The validator's key metric of a bundle's ``train.json``, attached to a bare engine."""
+    from monai.bundle import ConfigParser
+    from monai.handlers import from_engine
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / bundle / "configs" / "train.json"))
+    (name,) = parser["validate"]["evaluator"]["key_val_metric"]
+    metric = parser.get_parsed_content(f"validate#evaluator#key_val_metric#{name}")
+    engine = ignite_engine.Engine(lambda eng, batch: batch)
+    metric.attach(engine, name)
+    return engine, name, from_engine
+
+
+def _run_cases(engine, pairs):
+    batches = [{"pred": _regions(p)[None], "label": _regions(r)[None]} for p, r in pairs]
+    return engine.run(batches, max_epochs=1).metrics
+
+
+@pytest.mark.parametrize("bundle", REGION_BUNDLES)
+def test_bundle_key_metric_falls_when_et_is_predicted_on_et_free_cases(bundle: str) -> None:
+    engine, name, _ = _bundle_key_metric(bundle)
+    assert name == "val_mean_dice"
+    refs = [_label(), _label(with_et=False), _label(with_et=False)]
+    perfect = _run_cases(engine, [(r, r) for r in refs])[name]
+    # ET predicted on the ET-free cases: their core's necrosis labelled enhancing instead.
+    false_et = [
+        r if i == 0 else np.where(r == 1, 4, r).astype(np.uint8) for i, r in enumerate(refs)
+    ]
+    wrong = _run_cases(engine, list(zip(false_et, refs, strict=True)))
+    assert perfect == pytest.approx(1.0)
+    assert wrong[name] == pytest.approx(1 - 2 / 9), wrong  # ET Dice 0 on 2 of 3 cases
+    assert wrong["val_dice_et"] == pytest.approx(1 / 3)
+    assert "val_dice_mean" not in wrong
+
+
+@pytest.mark.parametrize("bundle", REGION_BUNDLES)
+def test_bundle_key_metric_is_the_mean_dice_tumorseg_evaluate_reports(bundle: str) -> None:
+    from tumorseg.metrics import case_metrics
+
+    engine, name, _ = _bundle_key_metric(bundle)
+    pairs = [
+        (_label(1), _label()),
+        (_label(2), _label(with_et=False)),
+        (np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)),  # tumour-free, none predicted
+        (_label(), np.zeros(SHAPE, np.uint8)),  # tumour-free, tumour predicted
+    ]
+    got = _run_cases(engine, pairs)[name]
+    scores = [case_metrics(p, r, lesionwise=False) for p, r in pairs]
+    want = np.mean([[s[f"dice_{r}"] for r in ("WT", "TC", "ET")] for s in scores])
+    assert got == pytest.approx(want)
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:

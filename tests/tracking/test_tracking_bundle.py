@@ -103,7 +103,7 @@ def test_server_run_has_params_metrics_artifacts_and_compare_matches_the_printed
     version = json.loads((CONFIGS / "metadata.json").read_text())["version"]
     assert params["bundle"] == "brats_mri_segmentation" and params["bundle_version"] == version
     assert params["roi_size"] == "[32, 32, 32]" and params["fold"] == "0"
-    assert params["loss"] == "DiceCELoss" and params["device"] == "cpu"
+    assert params["loss"] == "RegionDiceBCELoss" and params["device"] == "cpu"
     assert params["torch_version"] == torch.__version__
     assert len(params["git_commit"]) == 40 or params["git_commit"] == "unknown"
     assert params["train_cases"] == "4" and params["val_cases"] == "2"

@@ -16,8 +16,12 @@ Cases with a label map go to ``training`` (with a cross-validation fold), the ot
 ``testing``. A manifest built with ``skip_bad=True`` also records the cases it left out under
 ``skipped``.
 
-Folds are assigned per patient (:func:`assign_folds`), so the timepoints of one BraTS 2023
-patient never straddle training and validation.
+Folds are assigned per patient (:func:`assign_folds`), so the timepoints of one patient never
+straddle training and validation. The patient of a case is, by default, its BraTS 2023+ id
+without the timepoint (``BraTS-GLI-00001-001`` -> ``BraTS-GLI-00001``), else the case id;
+custom datasets pass a ``patient_id`` key (a function, a case -> patient mapping or a regular
+expression, see :func:`patient_key`). Items whose patient differs from their case id record it
+as ``patient_id``, and a manifest whose patient spans two folds is refused when read.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from tumorseg.conventions import CHANNEL_ORDER, LAYOUTS, get_convention, get_layout
 from tumorseg.data.discovery import (
@@ -51,6 +55,7 @@ __all__ = [
     "load_datalist",
     "load_manifest",
     "manifest_from_case_ids",
+    "patient_key",
     "select_split",
     "validate_manifest_against",
     "write_manifest",
@@ -75,6 +80,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test", "all")
 
 # BraTS 2023+ ids are <challenge>-<patient>-<timepoint>, e.g. BraTS-GLI-00001-000 / -001.
 _BRATS_TIMEPOINT = re.compile(r"^(BraTS-[A-Za-z]+-\d+)-\d{3}$")
+
+#: How a case id maps to its patient: a function, a ``{case_id: patient}`` mapping, a regular
+#: expression (its group ``patient``, else its first group, else the whole match) or None for
+#: :func:`brats_patient_id`.
+PatientKey: TypeAlias = Callable[[str], str] | Mapping[str, str] | str | re.Pattern[str] | None
 
 
 class ManifestError(ValueError):
@@ -106,6 +116,61 @@ def brats_patient_id(case_id: str) -> str:
     return match.group(1) if match else case_id
 
 
+def patient_key(key: PatientKey = None) -> Callable[[str], str]:
+    r"""The case-id -> patient function of a :data:`PatientKey`.
+
+    Args:
+        key: None (:func:`brats_patient_id`); a function; a mapping ``{case_id: patient}``
+            (every case must be in it); or a regular expression searched in the case id,
+            whose named group ``patient`` (else group 1, else the whole match) is the patient,
+            e.g. ``r"^(sub-\d+)_ses-"`` for ``sub-01_ses-2``.
+
+    Returns:
+        A function that raises ``ValueError`` naming the case when it has no patient.
+
+    Raises:
+        ValueError: ``key`` is an invalid regular expression.
+        TypeError: ``key`` is of another type.
+    """
+    if key is None:
+        return brats_patient_id
+    if isinstance(key, str | re.Pattern):
+        try:
+            pattern = re.compile(key)
+        except re.error as err:
+            raise ValueError(
+                f"patient_id {key!r} is not a valid regular expression: {err}"
+            ) from err
+        group: str | int = (
+            "patient" if "patient" in pattern.groupindex else (1 if pattern.groups else 0)
+        )
+
+        def from_regex(case_id: str) -> str:
+            match = pattern.search(case_id)
+            if match is None or not match.group(group):
+                raise ValueError(
+                    f"case {case_id!r}: patient_id pattern {pattern.pattern!r} does not match it"
+                )
+            return str(match.group(group))
+
+        return from_regex
+    if isinstance(key, Mapping):
+        table = dict(key)
+
+        def from_mapping(case_id: str) -> str:
+            if case_id not in table:
+                raise ValueError(f"case {case_id!r} has no entry in the patient_id mapping")
+            return str(table[case_id])
+
+        return from_mapping
+    if callable(key):
+        return key
+    raise TypeError(
+        f"patient_id must be a function, a mapping, a regular expression or None, got "
+        f"{type(key).__name__}"
+    )
+
+
 def _order_key(seed: int, patient: str) -> str:
     # A hash rather than random.shuffle: the order of a patient does not depend on which other
     # patients exist or on the Python version, only on (seed, patient id).
@@ -117,7 +182,7 @@ def assign_folds(
     *,
     num_folds: int = 5,
     seed: int = 0,
-    patient_id: Callable[[str], str] | None = None,
+    patient_id: PatientKey = None,
 ) -> dict[str, int]:
     """Seeded, patient-level, balanced cross-validation folds.
 
@@ -131,13 +196,15 @@ def assign_folds(
         case_ids: the case ids (unique).
         num_folds: number of folds (at least 1).
         seed: changes the assignment.
-        patient_id: maps a case id to its patient; default :func:`brats_patient_id`.
+        patient_id: maps a case id to its patient (see :func:`patient_key`); default
+            :func:`brats_patient_id`.
 
     Returns:
         Case id to fold index in ``range(num_folds)``, keys sorted.
 
     Raises:
-        ValueError: ``num_folds`` < 1 or a repeated case id.
+        ValueError: ``num_folds`` < 1, a repeated case id, or cases the patient key does not
+            cover (all of them listed).
     """
     if isinstance(num_folds, bool) or not isinstance(num_folds, int) or num_folds < 1:
         raise ValueError(f"num_folds must be an integer >= 1, got {num_folds!r}")
@@ -145,10 +212,9 @@ def assign_folds(
     repeated = sorted({c for c in ids if ids.count(c) > 1}) if len(set(ids)) < len(ids) else []
     if repeated:
         raise ValueError(f"case ids must be unique; repeated: {repeated[:10]}")
-    to_patient = patient_id or brats_patient_id
     patients: dict[str, list[str]] = {}
-    for case_id in sorted(ids):
-        patients.setdefault(to_patient(case_id), []).append(case_id)
+    for case_id, patient in _patients(ids, patient_id).items():
+        patients.setdefault(patient, []).append(case_id)
     order = sorted(patients, key=lambda p: (-len(patients[p]), _order_key(seed, p)))
     sizes = [0] * num_folds
     folds: dict[str, int] = {}
@@ -158,6 +224,24 @@ def assign_folds(
             folds[case_id] = fold
         sizes[fold] += len(patients[patient])
     return dict(sorted(folds.items()))
+
+
+def _patients(case_ids: Iterable[str], key: PatientKey) -> dict[str, str]:
+    """``{case_id: patient}`` in case-id order; every uncovered case named in one error."""
+    to_patient = patient_key(key)
+    out: dict[str, str] = {}
+    failures: list[str] = []
+    for case_id in sorted(case_ids):
+        try:
+            out[case_id] = str(to_patient(case_id))
+        except (KeyError, ValueError) as err:
+            failures.append(str(err.args[0]) if err.args else case_id)
+    if failures:
+        more = f" (and {len(failures) - 10} more)" if len(failures) > 10 else ""
+        raise ValueError(
+            f"{len(failures)} case(s) without a patient: " + "; ".join(failures[:10]) + more
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- building
@@ -199,10 +283,15 @@ def _assemble(
     seed: int,
     training: list[dict[str, Any]],
     testing: list[dict[str, Any]],
+    patient_id: PatientKey = None,
 ) -> dict[str, Any]:
-    folds = assign_folds([t["case_id"] for t in training], num_folds=num_folds, seed=seed)
+    ids = [t["case_id"] for t in training]
+    patients = _patients(ids, patient_id)
+    folds = assign_folds(ids, num_folds=num_folds, seed=seed, patient_id=patients)
     for item in training:
         item["fold"] = folds[item["case_id"]]
+        if patients[item["case_id"]] != item["case_id"]:
+            item["patient_id"] = patients[item["case_id"]]
     return {
         "name": name,
         "description": description,
@@ -231,6 +320,7 @@ def build_manifest(
     name: str | None = None,
     description: str | None = None,
     progress: bool = False,
+    patient_id: PatientKey = None,
 ) -> dict[str, Any]:
     """Discover, check and fold the cases of a dataset folder.
 
@@ -251,6 +341,9 @@ def build_manifest(
         name: manifest name; default the dataset folder name.
         description: free text; default a summary of what was found.
         progress: show a progress bar while validating.
+        patient_id: the patient of each case id, so that every case of a patient shares a
+            fold (a function, a mapping or a regular expression, see :func:`patient_key`);
+            default :func:`brats_patient_id`.
 
     Returns:
         The manifest dict (see the module docstring).
@@ -312,6 +405,7 @@ def build_manifest(
         seed=seed,
         training=training,
         testing=testing,
+        patient_id=patient_id,
     )
     if skip_bad:
         manifest["skipped"] = skipped
@@ -328,6 +422,7 @@ def manifest_from_case_ids(
     label_convention: str | None = None,
     num_folds: int = 5,
     seed: int = 0,
+    patient_id: PatientKey = None,
 ) -> dict[str, Any]:
     """A manifest for a published dataset from its list of case ids, without the files.
 
@@ -345,6 +440,8 @@ def manifest_from_case_ids(
         label_convention: default the layout's.
         num_folds: cross-validation folds.
         seed: fold seed.
+        patient_id: the patient of each case id (see :func:`patient_key`); default
+            :func:`brats_patient_id`.
 
     Returns:
         The manifest dict.
@@ -377,6 +474,7 @@ def manifest_from_case_ids(
         seed=seed,
         training=[item(c, labelled=True) for c in case_ids],
         testing=[item(c, labelled=False) for c in testing_ids],
+        patient_id=patient_id,
     )
 
 
@@ -423,6 +521,25 @@ def _check_items(items: Any, key: str, *, labelled: bool, num_folds: int, where:
             raise ManifestError(
                 f"{where}: {key}[{index}] ({item['case_id']}): fold {item['fold']!r} is not in "
                 f"0..{num_folds - 1}"
+            )
+        if "patient_id" in item and not (
+            isinstance(item["patient_id"], str) and item["patient_id"]
+        ):
+            raise ManifestError(
+                f"{where}: {key}[{index}] ({item['case_id']}): patient_id must be a non-empty "
+                f"string, got {item['patient_id']!r}"
+            )
+    if labelled:
+        folds: dict[str, set[int]] = {}
+        for item in items:
+            patient = item.get("patient_id", item["case_id"])
+            folds.setdefault(patient, set()).add(item["fold"])
+        split = {p: sorted(f) for p, f in folds.items() if len(f) > 1}
+        if split:
+            shown = ", ".join(f"{p} (folds {f})" for p, f in sorted(split.items())[:5])
+            raise ManifestError(
+                f"{where}: {len(split)} patient(s) in more than one fold, so validation would "
+                f"see patients that training saw: {shown}"
             )
 
 
@@ -610,12 +727,20 @@ def datalist_from_directory(
         num_folds: cross-validation folds.
         seed: fold seed.
         **discovery_kwargs: ``layout``, ``label_convention``, ``modality_suffixes``,
-            ``label_suffix`` or ``skip_bad``, passed to :func:`build_manifest`.
+            ``label_suffix``, ``skip_bad`` or ``patient_id``, passed to
+            :func:`build_manifest`.
 
     Returns:
         The split's items with absolute paths.
     """
-    allowed = {"layout", "label_convention", "modality_suffixes", "label_suffix", "skip_bad"}
+    allowed = {
+        "layout",
+        "label_convention",
+        "modality_suffixes",
+        "label_suffix",
+        "skip_bad",
+        "patient_id",
+    }
     unknown = sorted(set(discovery_kwargs) - allowed)
     if unknown:
         raise TypeError(f"unexpected argument(s) {unknown}; accepted: {sorted(allowed)}")

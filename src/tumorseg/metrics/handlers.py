@@ -11,8 +11,13 @@ validation set under DDP.
 
 :class:`RegionMetricHandler` attaches it to an ignite engine: the engine's key metric (its
 ``name``, e.g. ``val_mean_dice``) is one scalar (mean Dice over regions by default), and every
-per-region value (``dice_WT``, ``hd95_ET``, ..., ``dice_mean``, ``hd95_mean``) is also put
-into ``engine.state.metrics``.
+per-region value (``dice_WT``, ``hd95_ET``, ..., ``hd95_mean``, and the mean Dice as
+``mean_dice``), with the handler's ``prefix``, is also put into ``engine.state.metrics``.
+
+The BraTS bundles select their best model and stop early on ``val_mean_dice`` of this handler:
+the BraTS rule for empty masks (both empty: 1; empty reference, non-empty prediction: 0), the
+number ``tumorseg evaluate`` reports. MONAI's ``MeanDice``, which they used before, leaves
+empty references out, so predicting ET on every ET-free case cost nothing there.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from tumorseg.conventions import REGIONS
 from tumorseg.metrics.regions import dice, hd95_key
 from tumorseg.metrics.surface import hd95
 
-__all__ = ["RegionMetric", "RegionMetricHandler", "spacing_from_affine"]
+__all__ = ["RegionMetric", "RegionMetricHandler", "published_name", "spacing_from_affine"]
 
 
 def spacing_from_affine(affine: Any) -> tuple[float, float, float]:
@@ -144,6 +149,15 @@ class RegionMetric(CumulativeIterationMetric):
         return out
 
 
+def published_name(key: str, prefix: str = "") -> str:
+    """Name of an aggregated value of :class:`RegionMetric` in ``engine.state.metrics``.
+
+    ``dice_mean`` -> ``<prefix>mean_dice`` (``val_mean_dice``, the key metric of the BraTS
+    bundles); every other key is ``<prefix><key>`` (``val_dice_wt``, ``val_hd95_mean``).
+    """
+    return f"{prefix}mean_dice" if key == "dice_mean" else f"{prefix}{key}"
+
+
 class RegionMetricHandler(IgniteMetricHandler):
     """Ignite handler of :class:`RegionMetric`: one key metric plus per-region details.
 
@@ -155,7 +169,8 @@ class RegionMetricHandler(IgniteMetricHandler):
         key: which aggregated value is reported under the handler's name (the engine's key
             metric), e.g. ``"dice_mean"`` or ``"dice_ET"``.
         prefix: prepended to the per-region keys put into ``engine.state.metrics``
-            (e.g. ``"val_"`` gives ``val_dice_WT``).
+            (e.g. ``"val_"`` gives ``val_dice_WT``; the mean Dice is ``val_mean_dice``, see
+            :func:`published_name`).
         output_transform: maps ``engine.state.output`` to ``(y_pred, y)``, e.g.
             ``monai.handlers.from_engine(["pred", "label"])``.
         save_details: store the per-sample scores in ``engine.state.metric_details``.
@@ -199,7 +214,11 @@ class RegionMetricHandler(IgniteMetricHandler):
         return float(self._results[self.key])
 
     def completed(self, engine: Any, name: str) -> None:
-        """Store the key metric under ``name`` and every per-region value beside it."""
+        """Store the key metric under ``name`` and every per-region value beside it.
+
+        The mean Dice over regions is stored as ``<prefix>mean_dice`` (``val_mean_dice``), the
+        bundles' one name for it, not also as ``<prefix>dice_mean``.
+        """
         super().completed(engine, name)
         for key, value in self._results.items():
-            engine.state.metrics[f"{self.prefix}{key}"] = value
+            engine.state.metrics[published_name(key, self.prefix)] = value

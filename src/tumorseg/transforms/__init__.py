@@ -1,6 +1,6 @@
-"""Transforms MONAI lacks: label maps <-> region channels for every convention, the
-tumour mask that MONAI's label-driven crops need for region channels, and the 3D clean-up of
-slice-wise predictions."""
+"""Transforms MONAI lacks: label maps <-> region channels for every convention, the tumour
+and brain masks that MONAI's label-driven crops need (positive centres on any tumour,
+negative centres anywhere in the brain), and the 3D clean-up of slice-wise predictions."""
 
 from tumorseg.transforms.labels import (
     LabelsToRegions,
@@ -12,14 +12,17 @@ from tumorseg.transforms.labels import (
     regions_to_labels,
     tumour_mask,
 )
+from tumorseg.transforms.masks import BrainMaskd, brain_mask
 from tumorseg.transforms.post import remove_isolated_false_positives
 
 __all__ = [
+    "BrainMaskd",
     "LabelsToRegions",
     "LabelsToRegionsd",
     "RegionsToLabels",
     "RegionsToLabelsd",
     "TumourMaskd",
+    "brain_mask",
     "labels_to_regions",
     "regions_to_labels",
     "remove_isolated_false_positives",
