@@ -28,12 +28,14 @@ from tumorseg.training.performance import (
     configure_performance,
 )
 from tumorseg.training.progress import TrainingProgress, batch_patches
+from tumorseg.training.settings import check_settings
 
 __all__ = [
     "BundleData",
     "Checkpointer",
     "EarlyStopOnValidation",
     "atomic_torch_save",
+    "check_settings",
     "ensure_demo_dataset",
     "is_rank0",
     "load_checkpoint",
