@@ -83,8 +83,10 @@ def atomic_path(path: str | os.PathLike[str], *, keep_suffix: bool = False) -> I
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename == str(tmp):
+            err.filename = str(path)  # name the file the user asked for, not our temporary
         raise
 
 
@@ -121,6 +123,8 @@ def read_json(
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {str(path)!r} is not valid UTF-8 text ({err.reason})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -128,3 +132,5 @@ def read_json(
             f"{what} {str(path)!r} is not valid JSON: {err.msg} at line {err.lineno} "
             f"column {err.colno}"
         ) from None
+    except RecursionError:
+        raise error(f"{what} {str(path)!r} is not valid here: JSON nested too deeply") from None

@@ -28,7 +28,7 @@ from _infer_utils import (
 from tumorseg.cli import main
 from tumorseg.conventions import REGIONS
 from tumorseg.data.synthetic import generate_dataset, orientation_affine, write_case
-from tumorseg.inference import Predictor
+from tumorseg.inference import OutputError, Predictor
 from tumorseg.inference import writer as writer_module
 from tumorseg.transforms import labels_to_regions
 
@@ -215,9 +215,16 @@ def test_a_failed_write_is_reported_and_leaves_nothing(
 
     monkeypatch.setattr(writer_module.os, "replace", full_disk)
     out = tmp_path / "out"
-    report = _predictor().predict_folder(tmp_path / "in", out, progress=False)
-    assert report.written == ["ENC_000", "ENC_002"]
-    assert [(f.case_id, "No space left" in f.reason) for f in report.failed] == [("ENC_001", True)]
+    # A full disk stops the batch (every later study would fail the same way), naming the
+    # output that failed; what was written stays (issue 18).
+    with pytest.raises(OutputError, match="No space left on device") as err:
+        _predictor().predict_folder(tmp_path / "in", out, progress=False)
+    report = err.value.report
+    assert report is not None and report.written == ["ENC_000"]
+    assert [(f.case_id, f.file) for f in report.failed] == [
+        ("ENC_001", str(out / "ENC_001.nii.gz"))
+    ]
+    assert "No space left" in report.failed[0].reason
     assert not (out / "ENC_001.nii.gz").exists() and _hidden(out) == []
     assert len(labels) == 3
 

@@ -229,6 +229,7 @@ def test_cli_writes_reports_and_lists_missing(folders, tmp_path, capsys):
             "0",
             "--per-label",
             "--no-progress",
+            "--allow-missing",
         ]
     )
     assert code == 0
@@ -274,6 +275,7 @@ def test_cli_no_lesionwise_and_monai_variant(folders, tmp_path, capsys):
             "--hd-variant",
             "monai",
             "--no-progress",
+            "--allow-missing",
         ]
     )
     assert code == 0

@@ -1,9 +1,12 @@
-"""Helpers of the viewer tests: a stub predictor and plain HTTP requests (urllib)."""
+"""Helpers of the viewer tests: a stub predictor, NIfTI bytes, plain HTTP requests."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Sequence
@@ -69,11 +72,44 @@ def multipart(
     return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
-def request(url: str, *, body: bytes | None = None, ctype: str | None = None) -> tuple[int, bytes]:
-    """(status, body) of a GET, or a POST when ``body`` is given; HTTP errors included."""
+def session(base_url: str) -> dict[str, str]:
+    """The headers a page of ``base_url`` sends with a POST: its cookie, token and origin.
+
+    Empty for a server without sessions (before issue 18), so that the regression tests show
+    that server's own failure rather than a missing endpoint.
+    """
+    try:
+        with urllib.request.urlopen(f"{base_url}/api/session", timeout=30) as resp:
+            cookie = resp.headers["Set-Cookie"].split(";", 1)[0]
+            token = json.loads(resp.read())["token"]
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return {}
+        raise
+    return {"Cookie": cookie, "X-Tumorseg-Token": token, "Origin": base_url}
+
+
+def request(
+    url: str,
+    *,
+    body: bytes | None = None,
+    ctype: str | None = None,
+    headers: dict[str, str] | None = None,
+    auth: bool = True,
+) -> tuple[int, bytes]:
+    """(status, body) of a GET, or a POST when ``body`` is given; HTTP errors included.
+
+    A POST carries a page session's cookie, token and origin unless ``auth`` is False.
+    """
     req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     if ctype:
         req.add_header("Content-Type", ctype)
+    if body is not None and auth:
+        parts = urllib.parse.urlsplit(url)
+        for key, value in session(f"{parts.scheme}://{parts.netloc}").items():
+            req.add_header(key, value)
+    for key, value in (headers or {}).items():
+        req.add_header(key, value)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, resp.read()
@@ -85,3 +121,82 @@ def get_json(url: str) -> Any:
     status, body = request(url)
     assert status == 200, (status, body[:200])
     return json.loads(body)
+
+
+def nifti_bytes(
+    shape: Sequence[int], dtype: Any = np.uint8, *, data: bytes | None = None, gz: bool = True
+) -> bytes:
+    """A single-file NIfTI-1 with this header; the voxels are ``data`` (default none at all:
+    a header that promises voxels it does not hold, as in a decompression bomb)."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape(tuple(shape))
+    header.set_data_dtype(dtype)
+    header.set_qform(np.eye(4), code=1)
+    header.set_sform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    raw = header.binaryblock + b"\0\0\0\0" + (data or b"")
+    return gzip.compress(raw, mtime=0) if gz else raw
+
+
+def raw_exchange(
+    url: str, head: str, body: bytes = b"", *, timeout: float = 10.0, hold: float = 0.0
+) -> tuple[int | None, bytes]:
+    """Send ``head`` (request line and headers, without the blank line) and ``body`` on a raw
+    socket; return the status and everything the server sent until it closed or went quiet
+    for ``timeout`` seconds (status None: no answer). ``hold``: seconds to wait after sending,
+    keeping the socket open (a client that stalls)."""
+    import time
+
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    data = b""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode("latin-1") + b"\r\n\r\n" + body)
+        if hold:
+            time.sleep(hold)
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if b"\r\n\r\n" in data and _complete(data):
+                    break
+        except (TimeoutError, ConnectionResetError):
+            pass
+    if not data.startswith(b"HTTP/"):
+        return None, data
+    return int(data.split(b" ", 2)[1]), data
+
+
+def _complete(data: bytes) -> bool:
+    head, _, rest = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length":
+            return len(rest) >= int(value.strip())
+    return False
+
+
+def serve_main() -> None:
+    """Run a viewer with the stub predictor until killed (``test_viewer_load``'s server).
+
+    ``sys.argv[1]`` is a JSON object: ``output_dir``, ``data_dir`` and ``make_server`` keyword
+    arguments. The first line printed is the server's URL.
+    """
+    import sys
+
+    from tumorseg.viewer import make_server
+
+    options = json.loads(sys.argv[1])
+    server = make_server(
+        options.pop("output_dir"),
+        data_dir=options.pop("data_dir", None),
+        port=0,
+        factories={"stub": StubPredictor},
+        **options,
+    )
+    print(server.url, flush=True)
+    server.serve_forever(poll_interval=0.1)

@@ -9,6 +9,7 @@ returning an exit code). Heavy imports (torch, monai) happen inside ``func`` so 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,25 @@ _VERBS = ("synth", "manifest", "demo", "infer", "evaluate", "compare", "launch",
 
 class CliError(Exception):
     """An error to show the user as one line, without a traceback."""
+
+
+_OS_FIXES = {
+    errno.ENOSPC: "free space on that disk or choose another folder",
+    errno.EDQUOT: "free space within your quota or choose another folder",
+    errno.EROFS: "choose a writable folder",
+    errno.EACCES: "check the permissions or choose another folder",
+    errno.EPERM: "check the permissions or choose another folder",
+}
+
+
+def _os_error(err: OSError) -> str:
+    """One line for an OS error: the path, the reason and the fix (messages of tumorseg's own
+    errors, which already say all that, are kept)."""
+    if not err.strerror or type(err).__str__ is not OSError.__str__:
+        return str(err)
+    where = f"{err.filename}: " if err.filename else ""
+    fix = _OS_FIXES.get(err.errno or 0)
+    return f"{where}{err.strerror}" + (f"; {fix}" if fix else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, FileNotFoundError, ValueError) as err:
         # Expected user errors: one clear line, no traceback from deep inside a library.
         print(f"tumorseg {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # A full disk, a read-only folder, a vanished mount: the path and what to do.
+        print(f"tumorseg {args.verb}: error: {_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tumorseg {args.verb}: interrupted", file=sys.stderr)

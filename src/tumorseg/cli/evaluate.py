@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from typing import Any
 
 __all__ = ["register", "run", "format_summary"]
@@ -19,7 +20,9 @@ def register(subparsers: Any) -> None:
         description=(
             "Match <case_id>.nii.gz predictions to references by case id and write "
             "per_case.csv, summary.csv and summary.json. HD95 follows the BraTS 2023 code "
-            "(DeepMind surface-distance); a missing prediction scores Dice 0 and HD95 373.13."
+            "(DeepMind surface-distance); a missing prediction scores Dice 0 and HD95 373.13. "
+            "Exit codes: 0 done, 1 some predictions missing (reports written; "
+            "--allow-missing makes that 0), 2 error (including no prediction at all)."
         ),
     )
     parser.add_argument("--pred", required=True, metavar="DIR", help="folder of predictions")
@@ -60,6 +63,13 @@ def register(subparsers: Any) -> None:
         choices=("surface-distance", "monai"),
         default="surface-distance",
         help="HD95 definition (default: surface-distance, as BraTS 2023)",
+    )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="reference cases without a prediction are scored Dice 0 / HD95 373.13 (the BraTS "
+        "rule) and the exit code is 0; without it they are listed and the exit code is 1 (2 "
+        "when no prediction matches any reference)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -131,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         hd_variant=args.hd_variant,
         lesion_task=args.lesion_task,
         progress=not args.no_progress,
+        allow_missing=args.allow_missing,
     )
     n = len(result.rows)
     print(f"{n} case(s), convention {result.info['convention']}, HD95: {result.info['hd95_key']}")
@@ -146,4 +157,13 @@ def run(args: argparse.Namespace) -> int:
             + ", ".join(result.unmatched)
         )
     print(f"reports written to {result.output_dir}")
+    if result.missing and not args.allow_missing:
+        shown = ", ".join(result.missing[:10]) + (", ..." if len(result.missing) > 10 else "")
+        print(
+            f"tumorseg evaluate: {len(result.missing)} of {n} reference case(s) have no "
+            f"prediction in {args.pred}: {shown}; pass --allow-missing to accept scoring them "
+            "Dice 0",
+            file=sys.stderr,
+        )
+        return 1
     return 0

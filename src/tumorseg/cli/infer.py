@@ -7,7 +7,9 @@ A bundle that trains on LGG kaggle_3m slices (``bundles/lgg_flair_segmentation_2
 
 Exit codes: 0 all studies segmented (or already done), 1 some studies failed (the others were
 still segmented; see ``failures.csv``; kaggle_3m: the bad files are listed on stderr), 2 usage
-or configuration error, 130 interrupted.
+or configuration error, or an output that cannot be written (a read-only folder, a full disk:
+one line names the path and the fix; the batch stops, what was written is kept and a rerun
+skips it), 130 interrupted.
 """
 
 from __future__ import annotations

@@ -43,6 +43,14 @@ def register(subparsers: Any) -> None:
         "--max-upload-mb", type=float, default=512, help="largest upload (default %(default)s)"
     )
     p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name the browser may use for this server (with --host, e.g. the "
+        "machine's DNS name); requests naming any other host are refused",
+    )
+    p.add_argument(
         "--label-convention",
         choices=["brats2021", "brats2023", "msd"],
         help="label numbers of the masks (default: the dataset's, else brats2021)",
@@ -85,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         factories=factories,
         max_upload_mb=args.max_upload_mb,
         label_convention=args.label_convention,
+        allowed_hosts=args.allowed_host,
     )
     print(f"tumorseg view: serving {args.dir} at {server.url}/ (Ctrl-C to stop)", flush=True)
     try:

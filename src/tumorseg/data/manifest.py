@@ -509,14 +509,25 @@ def _check_items(items: Any, key: str, *, labelled: bool, num_folds: int, where:
         missing = [k for k in needed if not isinstance(item, dict) or k not in item]
         if missing:
             raise ManifestError(f"{where}: {key}[{index}] lacks {missing} (got {item!r:.200})")
+        if not isinstance(item["case_id"], str) or not item["case_id"]:
+            raise ManifestError(f"{where}: {key}[{index}]: case_id must be a non-empty string")
         image = item["image"]
-        if not (isinstance(image, str) or (isinstance(image, list) and len(image) >= 1)):
+        paths = [image] if isinstance(image, str) else image
+        if not (isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)):
             raise ManifestError(
                 f"{where}: {key}[{index}] ({item['case_id']}): image must be a path or a list "
-                f"of {len(CHANNEL_ORDER)} paths, got {image!r}"
+                f"of {len(CHANNEL_ORDER)} paths, got {image!r:.200}"
+            )
+        label = item.get("label")
+        if (labelled or label) and not (isinstance(label, str) and label):
+            raise ManifestError(
+                f"{where}: {key}[{index}] ({item['case_id']}): label must be a path, got "
+                f"{label!r:.200}"
             )
         if labelled and not (
-            isinstance(item["fold"], int) and 0 <= item["fold"] < max(num_folds, 1)
+            isinstance(item["fold"], int)
+            and not isinstance(item["fold"], bool)
+            and 0 <= item["fold"] < max(num_folds, 1)
         ):
             raise ManifestError(
                 f"{where}: {key}[{index}] ({item['case_id']}): fold {item['fold']!r} is not in "
@@ -551,7 +562,8 @@ def _check_manifest(manifest: Any, *, source: str) -> None:
         raise ManifestError(
             f"{source}: not a tumorseg manifest, missing key(s) {missing} (has {sorted(manifest)})"
         )
-    if list(manifest["channel_order"]) != list(CHANNEL_ORDER):
+    order = manifest["channel_order"]
+    if not isinstance(order, list | tuple) or list(order) != list(CHANNEL_ORDER):
         raise ManifestError(
             f"{source}: channel_order {manifest['channel_order']!r} differs from "
             f"{list(CHANNEL_ORDER)}, the only order tumorseg uses"

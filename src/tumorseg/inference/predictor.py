@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import errno
 import itertools
 import logging
 import os
@@ -88,6 +89,7 @@ __all__ = [
     "FolderReport",
     "InferenceFailed",
     "LoadedCase",
+    "OutputError",
     "PredictionResult",
     "Predictor",
     "locate_bundle",
@@ -199,6 +201,49 @@ class InferenceFailed(RuntimeError):
             *(str(f) for f in report.failed),
         ]
         super().__init__("\n".join(lines))
+
+
+#: Write errors that will not go away by themselves: the batch stops at the first one.
+_DISK_ERRNOS = {
+    errno.ENOSPC: "free space on that disk (or choose another --output)",
+    errno.EDQUOT: "free space within your quota (or choose another --output)",
+    errno.EROFS: "choose a writable --output folder",
+    errno.EACCES: "make the folder writable or choose a writable --output folder",
+    errno.EPERM: "make the folder writable or choose a writable --output folder",
+}
+
+
+def _write_failure(err: OSError, path: Path) -> str:
+    """``cannot write <path>: <reason> (<errno>); <fix>`` for an output that failed."""
+    code = errno.errorcode.get(err.errno or 0, "")
+    fix = _DISK_ERRNOS.get(err.errno or 0, "check the output folder")
+    return f"cannot write {path}: {err.strerror or err}{f' ({code})' if code else ''}; {fix}"
+
+
+class OutputError(OSError):
+    """The output could not be written (full disk, read-only folder): the batch stopped.
+
+    What was written before is complete and kept; rerunning the same command after the fix
+    skips it.
+
+    Attributes:
+        report: what was done before the batch stopped (None when it stopped before any
+            study).
+    """
+
+    def __init__(self, message: str, *, code: int | None, report: FolderReport | None) -> None:
+        super().__init__(code, message)
+        self.message = message
+        self.report = report
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _SaveFailed(Exception):
+    def __init__(self, err: OSError, path: Path) -> None:
+        self.err = err
+        self.path = path
 
 
 @dataclass
@@ -814,7 +859,10 @@ class Predictor:
         suffixes = parse_modality_suffixes(modality_suffixes)
         cases = discover_cases(Path(input_dir), layout=layout, modality_suffixes=suffixes)
         out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(_write_failure(err, out), code=err.errno, report=None) from None
         for folder in (out, out / PROBABILITIES_DIR):
             for stale in remove_stale_temporaries(folder):
                 logger.info("removed %s, left by an interrupted run", stale)
@@ -837,14 +885,23 @@ class Predictor:
 
         def write_tables() -> None:
             order = [c.case_id for c in cases if c.case_id in rows]
-            write_csv_atomic(out / VOLUMES_CSV, _VOLUME_COLUMNS, [rows[c] for c in order])
-            write_csv_atomic(
-                out / FAILURES_CSV,
-                ("case_id", "file", "reason"),
-                [(f.case_id, f.file, f.reason) for f in report.failed],
-            )
+            failed = [(f.case_id, f.file, f.reason) for f in report.failed]
+            for name, header, table in (
+                (VOLUMES_CSV, _VOLUME_COLUMNS, [rows[c] for c in order]),
+                (FAILURES_CSV, ("case_id", "file", "reason"), failed),
+            ):
+                try:
+                    write_csv_atomic(out / name, header, table)
+                except OSError as err:
+                    raise _SaveFailed(err, out / name) from None
 
-        write_tables()
+        try:
+            write_tables()
+        except _SaveFailed as failed:  # nothing done yet: the folder cannot be used
+            raise OutputError(
+                _write_failure(failed.err, failed.path), code=failed.err.errno, report=None
+            ) from None
+        stopped: _SaveFailed | None = None
         bar = tqdm(
             total=len(todo), desc="infer", unit="case", disable=not progress, file=sys.stderr
         )
@@ -870,24 +927,48 @@ class Predictor:
                     loaded = current.result()
                     conv = fixed or self._layout_convention(case.layout)
                     result = self.predict_loaded(loaded, label_convention=conv)
-                    result.save(out, save_probabilities=save_probabilities)
+                    try:
+                        result.save(out, save_probabilities=save_probabilities)
+                    except OSError as err:  # the output's fault, not the study's
+                        raise _SaveFailed(err, out / f"{case.case_id}.nii.gz") from None
                     rows[case.case_id] = _volume_row(case.case_id, result.volumes_ml())
                     report.written.append(case.case_id)
                     for stage, seconds in result.timings.items():
                         report.timings[stage] = report.timings.get(stage, 0.0) + seconds
+                except _SaveFailed as failed:
+                    reason = _write_failure(failed.err, failed.path).split(": ", 1)[1]
+                    self._fail(report, CaseProblem(case.case_id, str(failed.path), reason), bar)
+                    if failed.err.errno in _DISK_ERRNOS:
+                        stopped = failed
                 except CaseError as err:
                     self._fail(report, CaseProblem(err.case_id, err.file, err.reason), bar)
                 except Exception as err:  # one bad study must not stop the batch
                     logger.debug("case %s failed", case.case_id, exc_info=True)
                     file = str(case.images[0]) if case.images else ""
                     self._fail(report, CaseProblem(case.case_id, file, _describe(err)), bar)
-                write_tables()
                 bar.update(1)
+                try:
+                    write_tables()
+                except _SaveFailed as failed:
+                    stopped = stopped or failed
+                    _report_unrecorded(report, failed, bar)
+                if stopped is not None:
+                    break
         finally:
             bar.close()
             # A KeyboardInterrupt must not wait for the study being loaded ahead.
             pool.shutdown(wait=False, cancel_futures=True)
         report.seconds = time.perf_counter() - start
+        if stopped is not None:
+            left = len(todo) - len(report.written) - len(report.failed)
+            raise OutputError(
+                f"{_write_failure(stopped.err, stopped.path)}. The batch stopped: "
+                f"{len(report.written)} studies written and kept, {len(report.failed)} failed, "
+                f"{left} not done; rerun the same command once fixed (finished studies are "
+                "skipped)",
+                code=stopped.err.errno,
+                report=report,
+            )
         return report
 
     @staticmethod
@@ -910,6 +991,16 @@ class Predictor:
     def _fail(report: FolderReport, failure: CaseProblem, bar: Any) -> None:
         report.failed.append(failure)
         bar.write(f"FAILED {failure}", file=sys.stderr)
+
+
+def _report_unrecorded(report: FolderReport, failed: _SaveFailed, bar: Any) -> None:
+    """The tables cannot be written: the failures go to stderr instead (nothing is lost)."""
+    bar.write(
+        f"could not write {failed.path} ({failed.err.strerror or failed.err}); "
+        f"{len(report.failed)} failure(s) not recorded in {FAILURES_CSV}"
+        + (", listed above" if report.failed else ""),
+        file=sys.stderr,
+    )
 
 
 def _labels(probabilities: np.ndarray, convention: LabelConvention) -> np.ndarray:

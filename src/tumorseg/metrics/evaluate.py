@@ -504,6 +504,7 @@ def evaluate_folder(
     hd_variant: str = "surface-distance",
     lesion_task: str = "BraTS-GLI",
     progress: bool = True,
+    allow_missing: bool = False,
 ) -> EvaluationResult:
     """Score every reference case against its prediction and write the reports.
 
@@ -521,6 +522,8 @@ def evaluate_folder(
         hd_variant: ``"surface-distance"`` (BraTS, default) or ``"monai"``.
         lesion_task: BraTS 2023 task whose lesion-wise parameters apply.
         progress: show a progress bar.
+        allow_missing: score every case even when no prediction matches any reference
+            (all Dice 0); by default that is an error, as it means a wrong or empty folder.
 
     Returns:
         The per-case rows, summary statistics and lists of missing/unmatched cases.
@@ -528,7 +531,8 @@ def evaluate_folder(
     Raises:
         FileNotFoundError: when ``pred_dir`` or ``ref`` does not exist.
         CaseMismatchError: when a prediction's shape or affine differs from its reference.
-        EvaluationError: for other unusable inputs (no references, illegal label values...).
+        EvaluationError: for other unusable inputs (no references, no prediction matching
+            any of them, illegal label values...).
     """
     # Validate the options before touching the file system.
     if convention is not None:
@@ -547,6 +551,12 @@ def evaluate_folder(
     )
     missing = sorted(set(references) - set(predictions))
     unmatched = sorted(set(predictions) - set(references))
+    if references and len(missing) == len(references) and not allow_missing:
+        raise EvaluationError(
+            f"no prediction in {str(pred_dir)!r} matches any of the {len(references)} reference "
+            f"cases ({len(predictions)} prediction file(s) there): a wrong or empty folder? "
+            "(--allow-missing / allow_missing=True scores them all as missing, Dice 0)"
+        )
     for cid in sorted(set(references) & set(predictions)):
         _check_geometry(cid, predictions[cid], references[cid])
 

@@ -27,6 +27,7 @@ from tumorseg.training.performance import (
     configure_performance,
 )
 from tumorseg.training.progress import TrainingProgress, batch_patches
+from tumorseg.training.settings import check_settings
 
 __all__ = [
     "BundleData",
@@ -34,6 +35,7 @@ __all__ = [
     "EarlyStopOnValidation",
     "LGGData",
     "atomic_torch_save",
+    "check_settings",
     "ensure_demo_dataset",
     "load_checkpoint",
     "load_network_weights",

@@ -51,11 +51,19 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"checkpoint {path} is empty (0 bytes): a copy or save that never finished (full "
+            "disk?); delete it (a training then starts over, or resumes from another copy) "
+            "or pass another checkpoint"
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or unsafe files
+        first = (str(err).strip().splitlines() or ["no message"])[0]
         raise ValueError(
-            f"cannot load checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0]}"
+            f"cannot load checkpoint {path}: {type(err).__name__}: {first}; the file is "
+            "truncated, corrupt or not a weights-only torch checkpoint"
         ) from None
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")

@@ -5,10 +5,14 @@
 
 from __future__ import annotations
 
-__all__ = ["PAGE"]
+__all__ = ["PAGE", "TOKEN_PLACEHOLDER"]
+
+#: Replaced by the session's token when the page is served; uploads send it back.
+TOKEN_PLACEHOLDER = "@@TUMORSEG_TOKEN@@"
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tumorseg viewer</title>
+<meta name="tumorseg-token" content="@@TUMORSEG_TOKEN@@">
 <style>
 body{font-family:system-ui,sans-serif;margin:0;display:flex;height:100vh;color:#222}
 #side{width:360px;overflow:auto;border-right:1px solid #ccc;padding:8px;box-sizing:border-box}
@@ -127,9 +131,10 @@ $('upload').onsubmit=async ev=>{
   ev.preventDefault();
   const st=$('job-status'); st.className=''; st.textContent='uploading...'; $('job-progress').value=0;
   let r;
-  try{ r=await fetch('/api/upload',{method:'POST',body:new FormData($('upload'))}); }
+  const token=document.querySelector('meta[name="tumorseg-token"]').content;
+  try{ r=await fetch('/api/upload',{method:'POST',headers:{'X-Tumorseg-Token':token},body:new FormData($('upload'))}); }
   catch(e){ st.className='err'; st.textContent='upload failed: '+e; return }
-  const d=await r.json();
+  let d; try{ d=await r.json(); }catch(e){ d={error:r.status+' '+r.statusText}; }
   if(!r.ok){st.className='err'; st.textContent='refused: '+d.error; return}
   poll(d.job_id);
 };
