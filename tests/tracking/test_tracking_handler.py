@@ -3,8 +3,12 @@ outages, cross-validation parents, the start-up check. No network training: seco
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +143,76 @@ def test_a_resumed_training_continues_its_run_and_a_fresh_one_opens_a_new_run(
     new_record = read_run_record(tmp_path / "models")
     assert new_record is not None and new_record["run_id"] != record["run_id"]
     assert len(client.search_runs([run.info.experiment_id])) == 2
+
+
+_KILLED_TRAINING = """
+import os, signal, sys
+from ignite.engine import Engine, Events
+from tumorseg.tracking import MLflowTracker
+
+trainer = Engine(lambda engine, batch: 0.0)
+tracker = MLflowTracker(tracking_uri=sys.argv[1], experiment_name="unit", run_name="killed",
+                        ckpt_dir=sys.argv[2], artifact_dir=sys.argv[3])
+tracker.attach(trainer)
+# Killed during the first epoch: the run is open, no checkpoint was written, no handler runs.
+kill = lambda engine: os.kill(os.getpid(), signal.SIGKILL)
+trainer.add_event_handler(Events.ITERATION_COMPLETED, kill)
+trainer.run([0, 1], max_epochs=2)
+"""
+
+
+def _killed_training(work: Path, uri: str) -> str:
+    """Run a training in a child process that SIGKILLs itself mid-epoch; its run id."""
+    args = [uri, str(work / "models"), str(work / "killed-artifacts")]
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_TRAINING, *args], capture_output=True, timeout=120
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    record = read_run_record(work / "models")
+    assert record is not None
+    return record["run_id"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_marked_killed_by_the_next_training(
+    tmp_path: Path, uri: str
+) -> None:
+    killed = _killed_training(tmp_path, uri)
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(killed).info.status == "RUNNING"  # nothing could end it
+
+    rerun = _train(tmp_path, uri, run_name="killed")
+
+    assert not rerun.resumed
+    old = client.get_run(killed)
+    assert old.info.status == "KILLED"
+    assert "checkpoint folder" in old.data.tags["tumorseg.ended_by"]
+    runs = client.search_runs([old.info.experiment_id])
+    assert len(runs) == 2
+    (new,) = [r for r in runs if r.info.run_id != killed]
+    assert new.info.status == "FINISHED"
+    assert _steps(client, new.info.run_id, "val_mean_dice") == [1, 2]  # a clean run
+    record = read_run_record(tmp_path / "models")
+    assert record is not None and record["run_id"] == new.info.run_id
+
+
+def test_a_run_whose_process_still_runs_is_not_marked_killed(
+    tmp_path: Path, uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    killed = _killed_training(tmp_path, uri)
+    record_path = tmp_path / "models" / "mlflow_run.json"
+    record = json.loads(record_path.read_text())
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # As if that training were still running, from the same folder.
+        record["pid"] = str(alive.pid)
+        record_path.write_text(json.dumps(record))
+        with caplog.at_level(logging.WARNING, logger="tumorseg.tracking.lifecycle"):
+            _train(tmp_path, uri)
+    finally:
+        alive.kill()
+        alive.wait()
+    assert mlflow.MlflowClient(uri).get_run(killed).info.status == "RUNNING"
+    assert f"process {alive.pid}" in caplog.text
 
 
 def test_metrics_of_an_outage_are_buffered_and_sent_when_the_store_answers(

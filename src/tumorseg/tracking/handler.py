@@ -317,6 +317,6 @@ class MLflowTracker:
 
     def _at_exit(self) -> None:
         # The process is ending without COMPLETED (an exception, Ctrl-C): the run failed.
-        # A SIGKILL skips this; the run then stays RUNNING until a resume continues it.
+        # A SIGKILL skips this: a resume continues that run, a fresh training marks it KILLED.
         if self.active:
             self.close("FAILED")

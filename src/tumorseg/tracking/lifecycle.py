@@ -6,6 +6,11 @@ is silently reused. :class:`TrackedRun` instead creates its run itself and keeps
 ``<ckpt_dir>/mlflow_run.json`` (:data:`RUN_RECORD`), so a training resumed from its checkpoint
 folder continues that run and a fresh one opens a new run; an evaluation links the training
 run of the checkpoint it scores.
+
+A training killed outright (SIGKILL, out of memory, a lost node) cannot end its own run. The
+record therefore also names the process that logs to the run; the next training that opens in
+the same folder without resuming marks such a run ``KILLED`` (:func:`end_abandoned_run`)
+before opening its own, so no run stays RUNNING forever.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +41,14 @@ from tumorseg.tracking.store import (
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["KINDS", "RUN_RECORD", "TrackedRun", "bundle_config_on_stack", "read_run_record"]
+__all__ = [
+    "KINDS",
+    "RUN_RECORD",
+    "TrackedRun",
+    "bundle_config_on_stack",
+    "end_abandoned_run",
+    "read_run_record",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +75,72 @@ def read_run_record(ckpt_dir: str | os.PathLike) -> dict[str, str] | None:
 
 def _write_run_record(ckpt_dir: Path, record: Mapping[str, str]) -> None:
     atomic_write_text(ckpt_dir / RUN_RECORD, json.dumps(dict(record), indent=2) + "\n")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    except (OSError, ValueError, OverflowError):
+        return False
+    return True
+
+
+def _writer_alive(record: Mapping[str, str]) -> bool:
+    """Whether the process named in a run record still runs (on this host, not this process)."""
+    if record.get("host") != socket.gethostname():
+        # Another machine's process cannot be probed; a training rerun in the same folder means
+        # the user has given that one up.
+        return False
+    try:
+        pid = int(record.get("pid", ""))
+    except ValueError:
+        return False
+    return pid != os.getpid() and _process_alive(pid)
+
+
+def end_abandoned_run(client: MlflowClient, record: Mapping[str, str] | None, uri: str) -> bool:
+    """Mark the run of a killed training ``KILLED``; True when one was.
+
+    A run counts as abandoned when its record names this store, MLflow still has it RUNNING,
+    and the process that logged to it is gone. A live process keeps its run (two trainings
+    writing one checkpoint folder is the user's conflict; it is warned about, not settled here).
+
+    Args:
+        client: client of the store at ``uri``.
+        record: the run record of the checkpoint folder (:func:`read_run_record`), or None.
+        uri: the tracking URI this training logs to.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if record is None or record.get("tracking_uri") != uri:
+        return False
+    run_id = record["run_id"]
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return False
+    if run.info.status != "RUNNING" or run.info.lifecycle_stage != "active":
+        return False
+    if _writer_alive(record):
+        logger.warning(
+            "MLflow run %s is still being logged to by process %s on this host, which writes "
+            "the same checkpoint folder; it is left RUNNING",
+            run_id,
+            record.get("pid"),
+        )
+        return False
+    client.set_tag(run_id, "tumorseg.ended_by", "the next training in its checkpoint folder")
+    client.set_terminated(run_id, "KILLED")
+    logger.warning(
+        "MLflow: run %s (%s) was left RUNNING by a training that was killed; marked KILLED",
+        record.get("run_name", ""),
+        run_id,
+    )
+    return True
 
 
 def _jsonable(value: Any) -> Any:
@@ -208,6 +287,8 @@ class TrackedRun:
             experiment = get_or_create_experiment(self.client, self.experiment_name, self.uri)
             self.resumed = self.kind == "training" and engine.state.epoch > 0
             run_id = self._recorded_run(experiment.experiment_id) if self.resumed else None
+            if self.kind == "training" and self.ckpt_dir is not None and not self.resumed:
+                end_abandoned_run(self.client, read_run_record(self.ckpt_dir), self.uri)
             params = self._all_params(engine, validator)
             if run_id is None:
                 tags = run_tags(self.kind, commit=params.get("git_commit", ""), extra=self.tags)
@@ -231,6 +312,8 @@ class TrackedRun:
                         "experiment_id": experiment.experiment_id,
                         "run_id": run_id,
                         "run_name": self.client.get_run(run_id).info.run_name,
+                        "host": socket.gethostname(),
+                        "pid": str(os.getpid()),
                     },
                 )
             self._log_params(params)
