@@ -362,3 +362,18 @@ def test_gzip_with_trailing_members_and_garbage(server: Any, new_study: list[Pat
     files["t2"] = ("t2.nii.gz", gzip.compress(raw + np.zeros(64, np.uint8).tobytes()))
     status, err = _upload(server, files)
     assert status == 400 and "more" in err["error"], err
+
+
+@pytest.mark.parametrize(
+    "line", ["\x16\x03\x01 hello HTTP/1.1", "G(T / HTTP/1.1", "GET\x7f / HTTP/1.1"]
+)
+def test_a_request_line_that_is_not_http_is_a_bad_request(server: Any, line: str) -> None:
+    # A TLS hello or junk on the plain-HTTP port is malformed (RFC 9110: a method is a token),
+    # not a well-formed request for an unknown method (501).
+    got, _ = raw_exchange(server.url, line, timeout=5)
+    assert got == 400
+
+
+def test_an_unknown_but_well_formed_method_is_not_implemented(server: Any) -> None:
+    got, _ = raw_exchange(server.url, "BREW / HTTP/1.1\nHost: " + server.url[7:], timeout=5)
+    assert got == 501

@@ -370,9 +370,26 @@ class _Refused(Exception):
         self.headers = headers
 
 
+#: RFC 9110 token characters: what an HTTP method may be made of.
+_TOKEN_CHARS = frozenset(
+    "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: ViewerServer
     protocol_version = "HTTP/1.1"
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if not self.command or not set(self.command) <= _TOKEN_CHARS:
+            # The stdlib takes any first word for a method and answers 501; a TLS hello or junk
+            # is a malformed request.
+            self.close_connection = True
+            self.send_error(400, "Bad request line")
+            return False
+        return True
 
     def setup(self) -> None:
         super().setup()
