@@ -21,6 +21,7 @@ from monai.transforms import Compose
 from _bundle_utils import BUNDLES
 
 REGION_BUNDLES = ("brats_mri_segmentation", "brats_slice_segmentation_2d")
+ALL_BUNDLES = (*REGION_BUNDLES, "lgg_flair_segmentation_2d")
 SHAPE = (40, 40, 48)
 DARK, BRIGHT = -1.0, 1.5  # z-scored brain tissue below / above its channel's mean
 
@@ -82,7 +83,7 @@ def test_sampler_masks_do_not_reach_the_batch(bundle: str) -> None:
         assert set(sample) == {"image", "label"}
 
 
-@pytest.mark.parametrize("bundle", REGION_BUNDLES)
+@pytest.mark.parametrize("bundle", ALL_BUNDLES)
 def test_training_log_names_the_lowest_loss_as_the_best(bundle: str) -> None:
     from monai.engines import SupervisedTrainer
     from monai.handlers import StatsHandler
