@@ -89,6 +89,18 @@ def midpoint_thresholds(images: np.ndarray) -> list[float]:
     return out
 
 
+def sign_thresholds(images: np.ndarray) -> list[float]:
+    """Per region channel of an :func:`encode` d study, the threshold for "region = positive".
+
+    A present region normalises to positive and the rest of the brain to negative, so 0
+    separates them. An absent region leaves its channel constant over the brain, and a
+    constant z-scores to exactly +1 or -1 (the mean's rounding error divided by a standard
+    deviation of the same size), its sign set by the summation order, i.e. by the thread
+    count: 1.5 keeps such a channel negative whatever the sign.
+    """
+    return [0.0 if np.unique(c[c != 0]).size > 1 else 1.5 for c in images[: len(REGIONS)]]
+
+
 def encode(label: np.ndarray, brain: np.ndarray, convention: str) -> np.ndarray:
     """``(4, *shape)`` images whose channels 0-2 encode the regions of ``label``."""
     regions = labels_to_regions(np.asarray(label), convention)

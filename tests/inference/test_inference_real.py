@@ -21,6 +21,7 @@ from _infer_utils import (
     EncodedRegions,
     assert_same_geometry,
     encode,
+    sign_thresholds,
     tiny_checkpoint,
 )
 
@@ -68,7 +69,7 @@ def test_real_lps_study_mask_equals_its_reference(
         img = nib.Nifti1Image(channel.astype(np.int16), None, header=flair.header.copy())
         nib.save(img, case_dir / path.name)
 
-    predictor.network.thresholds = [0.0, 0.0, 0.0]
+    predictor.network.thresholds = sign_thresholds(images)  # this tumour has no ET
     report = predictor.predict_folder(tmp_path / "in", tmp_path / "out", progress=False)
     assert report.written == [CASE_2020], report.failed
     mask_path = tmp_path / "out" / f"{CASE_2020}.nii.gz"

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _infer_utils import EncodedRegions, assert_same_geometry, encode
+from _infer_utils import EncodedRegions, assert_same_geometry, encode, sign_thresholds
 from monai.bundle import ConfigParser
 
 from tumorseg.conventions import CHANNEL_ORDER, LAYOUTS
@@ -47,11 +47,13 @@ def test_real_study_mask_equals_its_reference_through_the_slices(
         brain |= np.asanyarray(nib.load(str(path)).dataobj) > 0
     case_dir = tmp_path / "in" / case
     case_dir.mkdir(parents=True)
-    for channel, path in zip(encode(seg, brain, "brats2021"), real, strict=True):
+    images = encode(seg, brain, "brats2021")
+    for channel, path in zip(images, real, strict=True):
         image = nib.Nifti1Image(channel.astype(np.int16), None, header=flair.header.copy())
         nib.save(image, case_dir / path.name)
 
     predictor = Predictor(BUNDLE, network=EncodedRegions(), device="cpu")
+    predictor.network.thresholds = sign_thresholds(images)  # this tumour has no ET
     assert predictor.roi_size == (192, 192)
     report = predictor.predict_folder(tmp_path / "in", tmp_path / "out", progress=False)
     assert report.written == [case], report.failed
