@@ -523,7 +523,7 @@ class Predictor:
         self.threshold = float(threshold)
         self.batch_size = _check_sw_batch_size(batch_size, "batch_size")
         self.preprocessing = preprocessing
-        self.inferer = inferer
+        self.inferer: Any = inferer  # a SlidingWindowInferer for NIfTI studies
         self.postprocessing = postprocessing
         if data_format == "nifti":
             self._load, self._preprocess = _split_after_loading(preprocessing)
