@@ -79,7 +79,7 @@ def _child_predictor(files: list[Path], ckpt: Path, out: Path) -> dict[str, Any]
     from tumorseg.inference import Predictor
 
     torch.manual_seed(0)
-    predictor = Predictor(BUNDLE, checkpoint=ckpt, device="cpu")
+    predictor = Predictor.from_bundle(BUNDLE, checkpoint=ckpt, device="cpu")
     _warm_up(predictor.network, predictor.roi_size)
     start = time.perf_counter()
     loaded = predictor.load_case(files)

@@ -218,7 +218,7 @@ def run(workdir: str = "", epochs: int = EPOCHS) -> str:
                 },
                 work / f"arm{i}.log",
             )
-            predictor = Predictor(
+            predictor = Predictor.from_bundle(
                 BUNDLE,
                 checkpoint=out / "models" / "model.pt",
                 overrides={"filters": COMMON["filters"], "roi_size": COMMON["roi_size"]},

@@ -71,7 +71,7 @@ def _inference_s(bundle: Path, overrides: dict[str, Any], files: list[Path], tmp
     torch.manual_seed(0)
     ckpt = tmp / f"{bundle.name}-{overrides.get('backbone', 'default')}.pt"
     torch.save(_network(bundle, overrides).state_dict(), ckpt)
-    predictor = Predictor(bundle, checkpoint=ckpt, overrides=overrides, device="cpu")
+    predictor = Predictor.from_bundle(bundle, checkpoint=ckpt, overrides=overrides, device="cpu")
     start = time.perf_counter()
     predictor.predict_case(files, case_id="bench")
     return time.perf_counter() - start

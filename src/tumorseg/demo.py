@@ -150,7 +150,7 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
     _say("[3/5] segmenting the held-out folder")
     from tumorseg.inference import Predictor
 
-    predictor = Predictor(
+    predictor = Predictor.from_bundle(
         settings.bundle,
         checkpoint=work / "models" / "model.pt",
         overrides={k: overrides[k] for k in ("filters", "roi_size") if k in overrides},

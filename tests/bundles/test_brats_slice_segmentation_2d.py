@@ -151,10 +151,12 @@ def test_folder_inference_reassembles_volumes_on_the_input_grid(
         "dataset_dir": str(dataset),
         "output_dir": str(out),
         "ckpt_dir": str(trained / "models"),
-        "bundle_overrides": {"decoder_channels": TINY["decoder_channels"], "roi_size": [32, 32]},
+        "bundle_root": str(CONFIGS.parent),
+        "decoder_channels": TINY["decoder_channels"],
+        "roi_size": [32, 32],
         "progress": False,
     }
-    run_ok(bundle_cmd(CONFIGS, "inferring", ["inference.json"], overrides), trained)
+    run_ok(bundle_cmd(CONFIGS, "inferring", ["train.json", "inference.json"], overrides), trained)
     cases = sorted(p.name for p in dataset.iterdir() if p.is_dir())
     assert sorted(p.name[: -len(".nii.gz")] for p in out.glob("*.nii.gz")) == cases
     for case in cases:
@@ -297,7 +299,7 @@ def _causes(err: BaseException) -> list[BaseException]:
 
 def test_a_3d_window_for_the_slice_bundle_is_named_with_its_value() -> None:
     with pytest.raises(ValueError, match=r"2 positive integers .* got \(32, 32, 32\)"):
-        Predictor(BUNDLE, network=torch.nn.Identity(), roi_size=(32, 32, 32))
+        Predictor.from_bundle(BUNDLE, network=torch.nn.Identity(), roi_size=(32, 32, 32))
 
 
 def test_verify_net_in_out_accepts_the_network(tmp_path: Path) -> None:

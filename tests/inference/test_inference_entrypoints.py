@@ -1,4 +1,5 @@
-"""`tumorseg infer` and the bundle's inference.json make the same masks; settings; checkpoints."""
+"""`tumorseg infer` and the bundle's train.json + inference.json (``python -m monai.bundle run``)
+make the same masks; settings; checkpoints."""
 
 from __future__ import annotations
 
@@ -54,9 +55,9 @@ def test_cli_and_bundle_run_give_identical_masks(data: dict[str, Path], tmp_path
         ]
     )
     assert code == 0
-    # The command from the issue, run from elsewhere and without --bundle_root: the bundle
-    # is found from the config file's path.
+    # The model-zoo command, run from elsewhere: train.json then inference.json.
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    configs = [str(BUNDLE / "configs" / name) for name in ("train.json", "inference.json")]
     proc = subprocess.run(
         [
             sys.executable,
@@ -64,7 +65,9 @@ def test_cli_and_bundle_run_give_identical_masks(data: dict[str, Path], tmp_path
             "monai.bundle",
             "run",
             "--config_file",
-            str(BUNDLE / "configs" / "inference.json"),
+            str(configs),
+            "--bundle_root",
+            str(BUNDLE),
             "--dataset_dir",
             str(data["input"]),
             "--output_dir",
@@ -103,7 +106,7 @@ def test_bundle_merged_after_train_json_gives_the_same_masks(
     from monai.bundle import run
 
     reference = tmp_path / "ref"
-    Predictor(
+    Predictor.from_bundle(
         BUNDLE,
         checkpoint=data["ckpt"],
         overrides={"filters": TINY_FILTERS},
@@ -139,7 +142,10 @@ def test_bundle_run_fails_after_the_batch_when_a_study_failed(
     (tmp_path / "in" / "SYN2021_000" / "SYN2021_000_t2.nii.gz").unlink()
     with pytest.raises(RuntimeError) as err:
         run(
-            config_file=str(BUNDLE / "configs" / "inference.json"),
+            config_file=[
+                str(BUNDLE / "configs" / "train.json"),
+                str(BUNDLE / "configs" / "inference.json"),
+            ],
             logging_file=False,
             bundle_root=str(BUNDLE),
             dataset_dir=str(tmp_path / "in"),
@@ -156,16 +162,16 @@ def test_bundle_run_fails_after_the_batch_when_a_study_failed(
 
 
 def test_settings_come_from_the_bundle_and_can_be_overridden(data: dict[str, Path]) -> None:
-    default = Predictor(BUNDLE, network=torch.nn.Identity())
+    default = Predictor.from_bundle(BUNDLE, network=torch.nn.Identity())
     assert default.roi_size == (96, 96, 96)  # train.json
     assert default.sw_batch_size == 4 and default.overlap == 0.5
     assert default.inferer.mode == "gaussian"
-    custom = Predictor(
+    custom = Predictor.from_bundle(
         BUNDLE, network=torch.nn.Identity(), roi_size=[48, 40, 32], sw_batch_size=2, overlap=0.25
     )
     assert custom.roi_size == (48, 40, 32)
     assert custom.sw_batch_size == 2 and custom.overlap == 0.25
-    via_override = Predictor(
+    via_override = Predictor.from_bundle(
         BUNDLE,
         checkpoint=data["ckpt"],
         overrides={"filters": TINY_FILTERS, "roi_size": [40, 40, 40]},
@@ -185,7 +191,7 @@ def test_settings_come_from_the_bundle_and_can_be_overridden(data: dict[str, Pat
 )
 def test_bad_settings_show_the_value(kwargs: dict, shown: str) -> None:
     with pytest.raises(ValueError, match=f"got {shown}".replace("(", r"\(").replace(")", r"\)")):
-        Predictor(BUNDLE, network=torch.nn.Identity(), **kwargs)
+        Predictor.from_bundle(BUNDLE, network=torch.nn.Identity(), **kwargs)
 
 
 def test_checkpoint_that_does_not_fit_lists_the_keys(data: dict[str, Path], tmp_path: Path) -> None:
@@ -194,7 +200,7 @@ def test_checkpoint_that_does_not_fit_lists_the_keys(data: dict[str, Path], tmp_
     bad = tmp_path / "renamed.pt"
     torch.save(renamed, bad)
     with pytest.raises(ValueError) as err:
-        Predictor(BUNDLE, checkpoint=bad, overrides={"filters": TINY_FILTERS})
+        Predictor.from_bundle(BUNDLE, checkpoint=bad, overrides={"filters": TINY_FILTERS})
     message = str(err.value)
     assert str(bad) in message
     assert "missing key(s): bottleneck." in message
@@ -223,11 +229,13 @@ def test_training_checkpoint_and_missing_files(data: dict[str, Path], tmp_path: 
     state = torch.load(data["ckpt"], weights_only=True)
     latest = tmp_path / "checkpoint_latest.pt"
     torch.save({"network": state, "optimizer": {"state": {}, "param_groups": []}}, latest)
-    Predictor(BUNDLE, checkpoint=latest, overrides={"filters": TINY_FILTERS})
+    Predictor.from_bundle(BUNDLE, checkpoint=latest, overrides={"filters": TINY_FILTERS})
 
     with pytest.raises(FileNotFoundError, match="checkpoint not found.*--checkpoint"):
-        Predictor(BUNDLE, checkpoint=tmp_path / "nope.pt", overrides={"filters": TINY_FILTERS})
+        Predictor.from_bundle(
+            BUNDLE, checkpoint=tmp_path / "nope.pt", overrides={"filters": TINY_FILTERS}
+        )
     with pytest.raises(FileNotFoundError, match="configs/train.json"):
-        Predictor(tmp_path, network=torch.nn.Identity())
+        Predictor.from_bundle(tmp_path, network=torch.nn.Identity())
     args = ["infer", "--bundle", str(tmp_path), "--input", str(data["input"])]
     assert main([*args, "--output", str(tmp_path / "o")]) == 2

@@ -31,7 +31,9 @@ from tumorseg.transforms import labels_to_regions
 
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
-    return Predictor(BUNDLE, network=EncodedRegions(), roi_size=(32, 32, 32), device="cpu")
+    return Predictor.from_bundle(
+        BUNDLE, network=EncodedRegions(), roi_size=(32, 32, 32), device="cpu"
+    )
 
 
 def _first_image(root: Path, case_id: str, layout: str) -> Path:

@@ -39,7 +39,7 @@ CASE_2023 = "BraTS-GLI-00001-000"
 def predictor() -> Predictor:
     # Large windows without overlap: the stand-in network is pointwise, so the window layout
     # does not change its output, and fewer windows keep a 240x240x155 study fast.
-    return Predictor(
+    return Predictor.from_bundle(
         BUNDLE, network=EncodedRegions(), roi_size=(96, 96, 96), overlap=0.0, device="cpu"
     )
 
@@ -122,7 +122,7 @@ def test_real_images_land_on_their_own_grid(
 @pytest.mark.slow
 def test_real_study_through_the_bundle_network(shared_data: Path, tmp_path: Path) -> None:
     ckpt = tiny_checkpoint(tmp_path / "model.pt")
-    predictor = Predictor(
+    predictor = Predictor.from_bundle(
         BUNDLE,
         checkpoint=ckpt,
         overrides={"filters": [4, 8, 16, 32, 64]},

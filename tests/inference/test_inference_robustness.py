@@ -37,7 +37,9 @@ HERE = Path(__file__).resolve().parent
 
 def _predictor(**kwargs: Any) -> Predictor:
     network = kwargs.pop("network", None) or EncodedRegions()
-    return Predictor(BUNDLE, network=network, roi_size=(32, 32, 32), device="cpu", **kwargs)
+    return Predictor.from_bundle(
+        BUNDLE, network=network, roi_size=(32, 32, 32), device="cpu", **kwargs
+    )
 
 
 def _mask(path: Path) -> np.ndarray:
@@ -139,7 +141,9 @@ def test_killed_batch_leaves_no_partial_file_and_the_rerun_finishes_it(tmp_path:
     script = (
         "from _infer_utils import BUNDLE, EncodedRegions\n"
         "from tumorseg.inference import Predictor\n"
-        "p = Predictor(BUNDLE, network=EncodedRegions(delay=0.6), roi_size=(32, 32, 32))\n"
+        "p = Predictor.from_bundle(\n"
+        "    BUNDLE, network=EncodedRegions(delay=0.6), roi_size=(32, 32, 32)\n"
+        ")\n"
         f"p.predict_folder({str(tmp_path / 'in')!r}, {str(out)!r}, progress=False)\n"
     )
     env = {

@@ -52,7 +52,7 @@ def test_real_study_mask_equals_its_reference_through_the_slices(
         image = nib.Nifti1Image(channel.astype(np.int16), None, header=flair.header.copy())
         nib.save(image, case_dir / path.name)
 
-    predictor = Predictor(BUNDLE, network=EncodedRegions(), device="cpu")
+    predictor = Predictor.from_bundle(BUNDLE, network=EncodedRegions(), device="cpu")
     predictor.network.thresholds = sign_thresholds(images)  # this tumour has no ET
     assert predictor.roi_size == (192, 192)
     report = predictor.predict_folder(tmp_path / "in", tmp_path / "out", progress=False)
@@ -73,7 +73,7 @@ def test_real_study_through_the_bundle_network_keeps_its_geometry(
     parser["decoder_channels"] = DECODER_CHANNELS
     network = parser.get_parsed_content("network_def")
     torch.save(network.state_dict(), tmp_path / "model.pt")
-    predictor = Predictor(
+    predictor = Predictor.from_bundle(
         BUNDLE,
         checkpoint=tmp_path / "model.pt",
         overrides={"decoder_channels": DECODER_CHANNELS},

@@ -164,7 +164,7 @@ def test_one_epoch_training_and_inference(name: str, request: pytest.FixtureRequ
     assert results[name] == "ok", results[name]
     model = root / name / "models" / "model.pt"
     assert model.is_file()
-    predictor = Predictor(
+    predictor = Predictor.from_bundle(
         CONFIGS.parent,
         config_files=[f"networks/{name}.json"],
         overrides=WIDTH[name],

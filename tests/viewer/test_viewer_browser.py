@@ -49,7 +49,7 @@ class BrightRegions(torch.nn.Module):
 def _real_predictor() -> Any:
     from tumorseg.inference import Predictor
 
-    return Predictor(BUNDLE, network=BrightRegions(), device="cpu")
+    return Predictor.from_bundle(BUNDLE, network=BrightRegions(), device="cpu")
 
 
 @pytest.fixture

@@ -1,8 +1,10 @@
 """`tumorseg infer`: segment a folder of studies with a bundle (see :mod:`tumorseg.inference`).
 
-A bundle that trains on LGG kaggle_3m slices (``bundles/lgg_flair_segmentation_2d``, detected by
-:func:`tumorseg.inference.lgg.is_lgg_bundle`) segments a kaggle_3m folder instead, through its own
-``inference.json`` (:func:`tumorseg.inference.lgg.segment_with_bundle`), writing
+The bundle's ``train.json`` and ``inference.json`` are loaded once
+(:func:`tumorseg.inference.load_bundle`) and its ``evaluator`` (a
+:class:`tumorseg.inference.Predictor`) segments the folder. The bundle's ``data_format`` says
+what it reads and writes: a ``kaggle_3m`` bundle (``bundles/lgg_flair_segmentation_2d``)
+segments a kaggle_3m folder instead of NIfTI studies, writing
 ``<patient>/<patient>_<n>_mask.tif``.
 
 Exit codes: 0 all studies segmented (or already done), 1 some studies failed (the others were
@@ -18,11 +20,14 @@ import argparse
 import json
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["register", "run"]
 
 from tumorseg.conventions import DEFAULT_BUNDLE
+
+if TYPE_CHECKING:
+    from tumorseg.inference.lgg import LGGInferenceReport
 
 
 def register(subparsers: Any) -> None:
@@ -124,10 +129,9 @@ _3D_ONLY = {
 }
 
 
-def _run_lgg(args: argparse.Namespace) -> int:
-    """Segment a kaggle_3m folder with an LGG bundle; exit 1 when some files failed."""
+def _check_kaggle_3m_options(args: argparse.Namespace) -> None:
+    """Options of NIfTI inference only are refused for a kaggle_3m bundle (the value named)."""
     from tumorseg.cli import CliError
-    from tumorseg.inference.lgg import segment_with_bundle
 
     for name, default in _3D_ONLY.items():
         value = getattr(args, name)
@@ -137,21 +141,12 @@ def _run_lgg(args: argparse.Namespace) -> int:
                 f"{option} does not apply to the 2D bundle {args.bundle} (kaggle_3m slices), "
                 f"got {value!r}"
             )
-    report = segment_with_bundle(
-        args.bundle,
-        args.input,
-        args.output,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        overwrite=args.overwrite,
-        config_files=args.config_file,
-        overrides=_overrides(args.override),
-    )
+
+
+def _report_kaggle_3m(report: LGGInferenceReport, output: str) -> int:
+    """Print what a kaggle_3m run wrote; exit 1 when some files failed."""
     patients = len({path.parent for path in report.written})
-    print(
-        f"tumorseg infer: wrote {len(report.written)} masks of {patients} patient(s) to "
-        f"{args.output}"
-    )
+    print(f"tumorseg infer: wrote {len(report.written)} masks of {patients} patient(s) to {output}")
     if report.failures:
         print(
             f"tumorseg infer: {len(report.failures)} problem(s); the other slices were written:",
@@ -165,27 +160,29 @@ def _run_lgg(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tumorseg infer``; returns the exit code."""
-    from tumorseg.inference import Predictor
-    from tumorseg.inference.lgg import is_lgg_bundle
+    # Imported here: `tumorseg --help` must not wait for torch and MONAI.
+    from tumorseg.inference import Predictor, load_bundle
+    from tumorseg.inference.lgg import LGGInferenceReport
 
-    if is_lgg_bundle(args.bundle):
-        return _run_lgg(args)
-
+    config = load_bundle(
+        args.bundle, config_files=args.config_file, overrides=_overrides(args.override)
+    )
+    kaggle_3m = config.get_parsed_content("data_format") == "kaggle_3m"
+    if kaggle_3m:
+        _check_kaggle_3m_options(args)
     try:
         previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:  # not the main thread (embedded use): leave signals alone
         previous = None
     try:
-        predictor = Predictor(
-            args.bundle,
+        predictor = Predictor.from_config(
+            config,
             checkpoint=args.checkpoint,
-            config_files=args.config_file,
-            overrides=_overrides(args.override),
             device=args.device,
             roi_size=args.roi_size,
             sw_batch_size=args.sw_batch_size,
             overlap=args.overlap,
-            tta=args.tta,
+            tta=None if kaggle_3m else args.tta,
         )
         report = predictor.predict_folder(
             args.input,
@@ -200,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if isinstance(report, LGGInferenceReport):
+        return _report_kaggle_3m(report, args.output)
     print(f"tumorseg infer: {report.summary()}")
     if report.failed:
         print(

@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
 def _predictor(bundle: str, checkpoint: str | None, device: str | None) -> Any:
     from tumorseg.inference import Predictor
 
-    return Predictor(bundle, checkpoint=checkpoint, device=device)
+    return Predictor.from_bundle(bundle, checkpoint=checkpoint, device=device)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,9 +1,11 @@
 """Segment new studies with a bundle: :class:`Predictor` (one case or a folder, resumable).
 
-See :mod:`tumorseg.inference.predictor` for the design shared by ``tumorseg infer`` and the
-bundle's ``inference.json``.
+:func:`load_bundle` reads a bundle's ``train.json`` and ``inference.json`` (see
+:mod:`tumorseg.inference.bundle` for the ids); :meth:`Predictor.from_bundle` builds the
+predictor that config declares, the same one ``python -m monai.bundle run`` builds.
 """
 
+from tumorseg.inference.bundle import DATA_FORMATS, InferenceData, bundle_root_of, load_bundle
 from tumorseg.inference.inputs import CaseError
 from tumorseg.inference.predictor import (
     FolderReport,
@@ -12,18 +14,20 @@ from tumorseg.inference.predictor import (
     OutputError,
     PredictionResult,
     Predictor,
-    locate_bundle,
     region_volumes_ml,
 )
 
 __all__ = [
+    "DATA_FORMATS",
     "CaseError",
     "FolderReport",
+    "InferenceData",
     "InferenceFailed",
     "LoadedCase",
     "OutputError",
     "PredictionResult",
     "Predictor",
-    "locate_bundle",
+    "bundle_root_of",
+    "load_bundle",
     "region_volumes_ml",
 ]

@@ -1,4 +1,7 @@
-"""Segment a kaggle_3m folder with the LGG bundle: 2D slices in, 0/255 mask TIFs out.
+"""Segment a kaggle_3m folder with an LGG network: 2D slices in, 0/255 mask TIFs out.
+
+:class:`tumorseg.inference.Predictor` calls this for a bundle whose ``data_format`` is
+``kaggle_3m`` (``bundles/lgg_flair_segmentation_2d``).
 
 Each patient's predicted slices are stacked into a volume before the optional 3D clean-up
 (:func:`tumorseg.transforms.post.remove_isolated_false_positives`), and written in the input's
@@ -9,26 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 
 from tumorseg.data.lgg import LGGDatasetError, discover_kaggle_3m, stack_patient, write_tif
-from tumorseg.io import read_json
-from tumorseg.training.checkpoint import load_network_weights
-from tumorseg.training.data import LGGData
 from tumorseg.transforms.post import remove_isolated_false_positives
 
 __all__ = [
     "LGGInferenceReport",
-    "is_lgg_bundle",
     "segment_kaggle_3m_folder",
-    "segment_with_bundle",
 ]
 
 logger = logging.getLogger(__name__)
@@ -51,12 +48,18 @@ class LGGInferenceReport:
         return self
 
 
+def _call(inputs: torch.Tensor, network: Callable[..., Any]) -> Any:
+    return network(inputs)
+
+
 def segment_kaggle_3m_folder(
     input_dir: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
     *,
     network: Any,
     preprocessing: Callable[[dict[str, Any]], dict[str, Any]],
+    inferer: Callable[..., Any] | None = None,
+    postprocessing: Callable[[np.ndarray], np.ndarray] | None = None,
     device: Any = "cpu",
     threshold: float = 0.5,
     min_slices: int = 0,
@@ -76,6 +79,10 @@ def segment_kaggle_3m_folder(
         output_dir: where the mask TIFs go.
         network: the 2D network (sigmoid logits, channel 0 is the abnormality).
         preprocessing: the bundle's validation preprocessing, applied to ``{"image": path}``.
+        inferer: ``inferer(batch, network)`` gives the logits; None calls the network.
+        postprocessing: a clean-up of each patient's stacked ``(slices, H, W)`` binary masks
+            (the bundle's ``postprocessing``), applied before ``min_slices`` /
+            ``max_components``; None for none.
         device: torch device to run on.
         threshold: probability threshold.
         min_slices: > 0 drops 3D components spanning fewer slices
@@ -92,6 +99,7 @@ def segment_kaggle_3m_folder(
     """
     found = discover_kaggle_3m(input_dir)
     report = LGGInferenceReport(failures=list(found.problems))
+    infer = inferer if inferer is not None else _call
     out_root = Path(output_dir).expanduser()
     network.eval()
     for patient in found.patients:
@@ -114,15 +122,17 @@ def segment_kaggle_3m_folder(
                 )
                 batch = batch.to(device)
                 with torch.no_grad():
-                    probs = torch.sigmoid(network(batch))
+                    probs = torch.sigmoid(infer(batch, network))
                     if flip_tta:
-                        mirrored = torch.sigmoid(network(batch.flip(-1))).flip(-1)
+                        mirrored = torch.sigmoid(infer(batch.flip(-1), network)).flip(-1)
                         probs = (probs + mirrored) / 2
                 # Padding added by the preprocessing (DivisiblePad) is at the end: crop it away.
                 binary = (probs[:, 0, :height, :width] > threshold).cpu().numpy()
                 for s, mask in zip(chunk, binary, strict=True):
                     masks[s.index] = mask
             volume = stack_patient(masks)
+            if postprocessing is not None:
+                volume = np.asarray(postprocessing(volume), dtype=bool)
             if min_slices > 0 or max_components > 0:
                 volume = remove_isolated_false_positives(
                     volume, min_slices=min_slices, max_components=max_components
@@ -133,106 +143,4 @@ def segment_kaggle_3m_folder(
         except Exception as err:  # noqa: BLE001 - one bad patient must not stop the others
             report.failures.append(f"{patient.folder}: segmentation failed: {err}")
             logger.error("%s: segmentation failed: %s", patient.patient_id, err)
-    return report
-
-
-def is_lgg_bundle(bundle: str | os.PathLike[str]) -> bool:
-    """True when the bundle's ``configs/train.json`` trains on kaggle_3m slices.
-
-    That is, its ``data`` is :class:`LGGData`; ``tumorseg infer`` then segments a kaggle_3m
-    folder (:func:`segment_with_bundle`) instead of 3D studies.
-
-    Raises:
-        ValueError: ``train.json`` is not valid JSON (the message names it).
-    """
-    train = Path(bundle).expanduser() / "configs" / "train.json"
-    if not train.is_file():
-        return False
-    config = read_json(train, what="bundle config")
-    data = config.get("data") if isinstance(config, dict) else None
-    target = str(data.get("_target_", "")) if isinstance(data, dict) else ""
-    return target.rsplit(".", 1)[-1] == LGGData.__name__
-
-
-def segment_with_bundle(
-    bundle: str | os.PathLike[str],
-    input_dir: str | os.PathLike[str],
-    output_dir: str | os.PathLike[str],
-    *,
-    checkpoint: str | os.PathLike[str] | None = None,
-    device: str | None = None,
-    overwrite: bool = False,
-    config_files: Sequence[str | os.PathLike[str]] = (),
-    overrides: Mapping[str, Any] | None = None,
-) -> LGGInferenceReport:
-    """Segment a kaggle_3m folder with an LGG bundle, as its ``inference.json`` does.
-
-    The bundle's ``train.json`` and ``inference.json`` (then ``config_files``) are parsed
-    and their ``infer`` (:func:`segment_kaggle_3m_folder` with the bundle's network,
-    validation preprocessing, threshold and 3D clean-up) is called, so this and
-    ``monai.bundle run inferring`` make the same masks.
-
-    Args:
-        bundle: the bundle folder.
-        input_dir: kaggle_3m folder to segment.
-        output_dir: where ``<patient>/<patient>_<n>_mask.tif`` go.
-        checkpoint: weights; default the bundle's ``checkpoint`` (``<ckpt_dir>/model.pt``).
-        device: ``cpu``, ``cuda``, ``cuda:1`` ...; default the bundle's.
-        overwrite: redo patients whose masks exist.
-        config_files: more configs merged last (paths, or names under the bundle's
-            ``configs/``, e.g. ``networks/transunet.json``).
-        overrides: config ids -> values set after reading the configs.
-
-    Returns:
-        The report: masks written and every failure (bad files, failed patients).
-
-    Raises:
-        FileNotFoundError: a missing config file or checkpoint.
-        ValueError: weights that do not fit the network; :class:`LGGDatasetError` for an
-            input folder that is missing or holds no usable slice.
-    """
-    root = Path(bundle).expanduser()
-    configs = root / "configs"
-    files = [configs / "train.json", configs / "inference.json"]
-    for name in config_files:
-        path = Path(name)
-        files.append(path if path.is_file() else configs / path)
-    for path in files:
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path} (bundle {str(root)!r})")
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    if (configs / "metadata.json").is_file():
-        parser.read_meta(str(configs / "metadata.json"))
-    parser["bundle_root"] = str(root)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    parser["dataset_dir"] = str(input_dir)
-    parser["output_dir"] = str(output_dir)
-    parser["overwrite"] = bool(overwrite)
-    if device is not None:
-        parser["device"] = torch.device(device)
-    if checkpoint is not None:
-        parser["checkpoint"] = str(checkpoint)
-    # The weights first: a missing checkpoint is reported before any input is read.
-    try:
-        network = parser.get_parsed_content("network")
-    except RuntimeError as err:
-        # MONAI says only "Failed to instantiate component"; the cause says what is wrong.
-        cause = f": {err.__cause__}" if err.__cause__ is not None else ""
-        raise ValueError(
-            f"cannot build the network of bundle {str(root)!r} from "
-            f"{[f.name for f in files]}{cause}"
-        ) from None
-    load_network_weights(
-        network,
-        parser.get_parsed_content("checkpoint"),
-        settings=f"channels={parser.get_parsed_content('channels')}",
-        hint="pass the same ones (e.g. --override channels=[...], a network file such as "
-        "networks/transunet.json) or the matching --checkpoint",
-    )
-    infer = parser.get_parsed_content("infer")
-    report: LGGInferenceReport = infer(
-        parser.get_parsed_content("input_dir"), parser.get_parsed_content("output_dir")
-    )
     return report

@@ -1,30 +1,29 @@
 """Segment new studies with a bundle's network: one case in memory, or a whole folder to files.
 
-:class:`Predictor` is built once from a bundle folder and a checkpoint and then segments any
-number of studies. It is the one implementation behind both entry points:
+:class:`Predictor` is built once from a bundle and a checkpoint and then segments any number of
+studies. It is the one implementation behind every entry point:
 
 * ``tumorseg infer --bundle bundles/brats_mri_segmentation --input DIR --output DIR``
-  (:mod:`tumorseg.cli.infer`), and
-* ``python -m monai.bundle run --config_file bundles/brats_mri_segmentation/configs/inference.json
-  --dataset_dir DIR --output_dir OUT``.
+  (:mod:`tumorseg.cli.infer`);
+* ``python -m monai.bundle run --config_file "['<bundle>/configs/train.json',
+  '<bundle>/configs/inference.json']" --bundle_root <bundle> --dataset_dir DIR --output_dir OUT``
+  (the MONAI model-zoo way);
+* the API: ``Predictor.from_bundle("bundles/brats_mri_segmentation").predict_case(files)``.
 
-Design of ``inference.json``: it is thin. It declares the inference settings (``dataset_dir``,
-``output_dir``, ``checkpoint``, ``label_convention``, ``roi_size``, ``tta`` ...), instantiates a
-``Predictor`` on ``@bundle_root`` and runs ``predict_folder``. The Predictor reads the bundle's
-``train.json`` itself (with :class:`monai.bundle.ConfigParser`) and takes from it the
-preprocessing (``preprocessing_transforms``), the network (``network_def``) and the sliding
-window (``validate#inferer``), so nothing of training is re-declared and inference always
-preprocesses exactly as training did. This is what lets ``inference.json`` run alone, as
-above, and also merged after ``train.json`` (``--config_file "['.../train.json',
-'.../inference.json']"``, the MONAI model-zoo way): either way the same Predictor code makes
-the masks. Bundle settings given on the ``monai.bundle`` command line reach the Predictor
-through ``inference.json``: ``--roi_size``, ``--sw_batch_size``, ``--overlap``, ``--filters``,
-``--pixdim`` directly, anything else through ``--bundle_overrides "{'id': value}"``.
-``bundle_root`` defaults to the bundle that holds the ``inference.json`` given on the command
-line (:func:`locate_bundle`), so ``--bundle_root`` is only needed to point elsewhere. (Booleans
-on that command line are Python's: ``--tta True``, ``--progress False``.) The bundle run ends
-with :meth:`FolderReport.raise_for_failures`, so it exits non-zero when a study failed, after
-segmenting all the others, like ``tumorseg infer`` (exit code 1).
+Design: each bundle's ``inference.json`` is merged after its ``train.json`` and declares the
+pipeline by MONAI's inference ids (:mod:`tumorseg.inference.bundle`): ``network_def``,
+``preprocessing`` (``@validate#preprocessing``: inference preprocesses exactly as validation
+did), ``inferer`` (``@validate#inferer``), ``postprocessing``, ``dataset`` and ``evaluator``,
+which is this class built from the others. :meth:`Predictor.from_bundle` loads the same two
+files (:func:`~tumorseg.inference.bundle.load_bundle`) and instantiates the same
+``evaluator``, so both entry points make the same masks. The bundle's ``data_format`` says what
+it reads and writes: NIfTI studies (3D and slice-wise 2D bundles), or kaggle_3m TIF slices
+(:mod:`tumorseg.inference.lgg`). What this class adds to MONAI's pieces is what a folder run of
+real studies needs: the checks of each study, the next study loaded while the current one is
+in the network, resuming a killed run, ``failures.csv`` and ``volumes.csv``, and output on the
+input's exact grid and header. The bundle run ends with :meth:`FolderReport.raise_for_failures`,
+so it exits non-zero when a study failed, after segmenting all the others, like
+``tumorseg infer`` (exit code 1).
 
 What one case goes through:
 
@@ -33,14 +32,14 @@ What one case goes through:
    (no NaN, some brain in every modality);
 2. the rest of the bundle's preprocessing: orientation to RAS, resampling to ``pixdim``,
    **crop to the brain's non-zero bounding box** (``CropForegroundd``, so the sliding window
-   never runs over background), z-score normalisation. Transforms that touch only the label
-   key are left out: inference has no label;
+   never runs over background), z-score normalisation. Its label transforms find no label
+   and do nothing (``allow_missing_keys``);
 3. sliding-window inference with Gaussian blending on the cropped volume (a slice-wise
    bundle's ``SliceInferer`` runs its 2D network over every axial slice instead; optionally
    averaged over the 8 mirrorings, ``tta``; autocast on CUDA), sigmoid;
-4. MONAI's :class:`~monai.transforms.Invertd` undoes crop, resampling and orientation on the
-   region probabilities, which lands them on the input's own voxel grid (the geometry is then
-   checked against the input's); ``> 0.5`` per region and
+4. the bundle's ``postprocessing`` (MONAI's :class:`~monai.transforms.Invertd`) undoes crop,
+   resampling and orientation on the region probabilities, which lands them on the input's
+   own voxel grid (the geometry is then checked against the input's); ``> 0.5`` per region and
    :func:`tumorseg.transforms.regions_to_labels` give the label map (innermost region wins);
 5. :meth:`PredictionResult.save` writes ``<case_id>.nii.gz`` with the first modality's header
    (same shape, affine, qform/sform and codes) atomically; the optional probabilities go to
@@ -52,7 +51,6 @@ while the current one is in the network.
 
 from __future__ import annotations
 
-import ast
 import csv
 import errno
 import itertools
@@ -68,15 +66,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged
+from tqdm.auto import tqdm
 
 from tumorseg.conventions import CHANNEL_ORDER, REGIONS, LabelConvention, get_convention, get_layout
-from tumorseg.data.discovery import CaseProblem, parse_modality_suffixes
+from tumorseg.data.discovery import CaseProblem, discover_cases, parse_modality_suffixes
+from tumorseg.inference.bundle import DATA_FORMATS, DEFAULT_CONVENTION, load_bundle
 from tumorseg.inference.inputs import (
     CaseError,
     check_headers,
     check_voxels,
     unreadable_file_error,
 )
+from tumorseg.inference.lgg import LGGInferenceReport, segment_kaggle_3m_folder
 from tumorseg.inference.writer import (
     label_image,
     remove_stale_temporaries,
@@ -84,6 +89,8 @@ from tumorseg.inference.writer import (
     write_label_atomic,
     write_probabilities_atomic,
 )
+from tumorseg.training.checkpoint import load_network_weights
+from tumorseg.transforms import regions_to_labels
 
 __all__ = [
     "FolderReport",
@@ -92,14 +99,11 @@ __all__ = [
     "OutputError",
     "PredictionResult",
     "Predictor",
-    "locate_bundle",
     "region_volumes_ml",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Default output label convention where the input's layout does not name one.
-DEFAULT_CONVENTION = "brats2021"
 #: Folder under the output folder that holds the probability maps.
 PROBABILITIES_DIR = "probabilities"
 FAILURES_CSV = "failures.csv"
@@ -313,40 +317,6 @@ class LoadedCase:
 # --------------------------------------------------------------------------------------------
 
 
-def locate_bundle(default: str = ".") -> str:
-    """The bundle folder to use when ``inference.json`` runs without ``--bundle_root``.
-
-    ``python -m monai.bundle run --config_file <bundle>/configs/inference.json`` does not tell
-    the config where it lives; this finds ``<bundle>`` from the command line's
-    ``--config_file`` (a path or a list of paths), then tries the current folder (the MONAI
-    convention: run from the bundle folder). An explicit ``--bundle_root`` overrides it.
-
-    Returns:
-        The bundle folder, or ``default`` when none is found.
-    """
-    argv = sys.argv[1:]
-    values = []
-    for i, arg in enumerate(argv):
-        if arg in ("--config_file", "--config-file") and i + 1 < len(argv):
-            values.append(argv[i + 1])
-        elif arg.startswith(("--config_file=", "--config-file=")):
-            values.append(arg.split("=", 1)[1])
-    for value in values:
-        try:
-            parsed = ast.literal_eval(value) if value.strip().startswith(("[", "(")) else value
-        except (ValueError, SyntaxError):
-            parsed = value
-        files = [parsed] if isinstance(parsed, str) else list(parsed)
-        for f in reversed(files):
-            folder = Path(str(f)).resolve().parent
-            root = folder.parent if folder.name == "configs" else folder
-            if (root / "configs" / "train.json").is_file():
-                return str(root)
-    if (Path.cwd() / "configs" / "train.json").is_file():
-        return str(Path.cwd())
-    return default
-
-
 def _check_roi_size(value: Any, ndim: int) -> list[int]:
     """``ndim`` positive sizes: 3 for a 3D bundle, 2 for a slice-wise bundle's in-plane window."""
     try:
@@ -361,10 +331,51 @@ def _check_roi_size(value: Any, ndim: int) -> list[int]:
     return sizes
 
 
-def _check_sw_batch_size(value: Any) -> int:
+def _check_sw_batch_size(value: Any, name: str = "sw_batch_size") -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"sw_batch_size must be an integer >= 1, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+def _split_after_loading(preprocessing: Any) -> tuple[Compose, Compose]:
+    """The preprocessing as (loading, the rest): the voxels are checked in between."""
+    transforms = list(getattr(preprocessing, "transforms", ()))
+    n_load = 0
+    while n_load < len(transforms) and isinstance(
+        transforms[n_load], LoadImaged | EnsureChannelFirstd
+    ):
+        n_load += 1
+    if n_load == 0:
+        raise ValueError(
+            "the bundle's preprocessing must be a Compose that starts with LoadImaged; got "
+            f"{type(transforms[0]).__name__ if transforms else repr(preprocessing)}"
+        )
+    if not any(isinstance(t, CropForegroundd) for t in transforms):
+        logger.warning(
+            "the bundle's preprocessing has no CropForegroundd: the sliding window will "
+            "also run over the background around the brain"
+        )
+    return Compose(transforms[:n_load]), Compose(transforms[n_load:])
+
+
+def _check_inferer_settings(inferer: Any, explicit: Mapping[str, Any]) -> None:
+    """Settings asked for explicitly must have reached the inferer (it reads them by id)."""
+    for key, value in explicit.items():
+        got = getattr(inferer, key)
+        same = list(got) == list(value) if key == "roi_size" else got == value
+        if not same:
+            raise ValueError(
+                f"the bundle's inferer does not take {key} from @{key} (it has {got!r}, "
+                f"asked for {value!r}); set it in the bundle config instead"
+            )
+
+
+def _root_cause(err: BaseException) -> BaseException | None:
+    """The innermost cause of MONAI's nested 'Failed to instantiate component' errors."""
+    cause = err.__cause__
+    while cause is not None and isinstance(cause, RuntimeError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    return cause
 
 
 def _check_overlap(value: Any) -> float:
@@ -447,36 +458,100 @@ def _volume_row(case_id: str, volumes: Mapping[str, float]) -> list[str]:
 
 
 class Predictor:
-    """A bundle's network, preprocessing and sliding window, loaded once, for many studies.
+    """A bundle's network, preprocessing and inferer, loaded once, for many studies.
+
+    Built from the components a bundle's ``inference.json`` declares (it is that config's
+    ``evaluator``); :meth:`from_bundle` loads a bundle folder and builds it from there, so
+    ``tumorseg infer``, the API and ``python -m monai.bundle run`` use one object. What it
+    adds to MONAI's pieces: the checks of each study, prefetching the next study, resuming a
+    folder, ``failures.csv`` / ``volumes.csv``, and the exact input geometry on output.
 
     Args:
-        bundle: the bundle folder (holding ``configs/train.json``).
-        checkpoint: network weights (a state dict, or a training checkpoint holding one under
-            ``network``); default ``<ckpt_dir>/model.pt`` of the bundle. Loaded with
-            ``weights_only=True``. With ``network`` given, loaded into it only when passed.
-        config_files: more config files merged after ``train.json`` (paths, or names in the
-            bundle's ``configs/``).
-        overrides: config ids -> values set after reading the configs (e.g.
-            ``{"filters": [8, 16, 32, 64, 128]}``, ``{"network_def#res_block": False}``); None
-            values are ignored, so a config can forward optional settings.
+        network: the bundle's network (``@network``).
+        preprocessing: the bundle's preprocessing (``@preprocessing``), a ``Compose`` that
+            starts with ``LoadImaged`` (and ``EnsureChannelFirstd``).
+        inferer: ``@inferer``: a ``SlidingWindowInferer`` (or ``SliceInferer``) for NIfTI
+            studies; any ``inferer(inputs, network)`` callable for kaggle_3m slices.
+        postprocessing: ``@postprocessing``: for NIfTI studies a callable on
+            ``{"pred": probabilities, image_key: image}`` that puts ``pred`` back on the input's
+            grid (``Invertd`` of the preprocessing); for kaggle_3m a callable on one patient's
+            stacked binary masks (the 3D clean-up), or None.
+        data_format: what the bundle reads and writes, one of
+            :data:`tumorseg.inference.bundle.DATA_FORMATS`.
+        checkpoint: network weights to load (a state dict, or a training checkpoint holding
+            one under ``network``; ``weights_only=True``); None uses ``network`` as it is.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
-        roi_size: sliding-window size; default the bundle's ``roi_size``.
-        sw_batch_size: windows per network call; default the bundle's.
-        overlap: window overlap in [0, 1); default the bundle's.
-        tta: average the probabilities over the 8 mirrorings of the input (8x slower).
-        amp: autocast to float16 in the network; default on for CUDA, off for CPU.
-        network: a ready network to use instead of the bundle's ``network_def`` (tests,
-            custom models); its weights are used as they are unless ``checkpoint`` is given.
+        tta: average the probabilities over the 8 mirrorings of a study (NIfTI), or over each
+            slice and its left-right mirror image (kaggle_3m).
+        amp: autocast to float16 in the network (NIfTI); default on for CUDA, off for CPU.
+        image_key: the image key of the preprocessing.
+        threshold: probability threshold of a region or mask.
+        batch_size: slices per network call (kaggle_3m).
+        network_settings: the network's settings, named when a checkpoint does not fit
+            (``"filters=[...]"``).
 
     Raises:
-        FileNotFoundError: no ``configs/train.json`` in ``bundle``, or no checkpoint.
+        FileNotFoundError: no checkpoint at ``checkpoint``.
         ValueError: bad settings (the value is shown), or a checkpoint that does not fit the
             network (missing, unexpected and mis-shaped keys are listed).
     """
 
     def __init__(
         self,
-        bundle: str | os.PathLike[str],
+        network: torch.nn.Module,
+        preprocessing: Any,
+        inferer: Callable[..., Any],
+        *,
+        postprocessing: Callable[..., Any] | None = None,
+        data_format: str = "nifti",
+        checkpoint: str | os.PathLike[str] | None = None,
+        device: str | torch.device | None = None,
+        tta: bool = False,
+        amp: bool | None = None,
+        image_key: str = "image",
+        threshold: float = _THRESHOLD,
+        batch_size: int = 16,
+        network_settings: str = "",
+    ) -> None:
+        if data_format not in DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+        self.data_format = data_format
+        self.device = _resolve_device(device)
+        self.amp = self.device.type == "cuda" if amp is None else bool(amp)
+        self.tta = bool(tta)
+        self.image_key = image_key
+        self.threshold = float(threshold)
+        self.batch_size = _check_sw_batch_size(batch_size, "batch_size")
+        self.preprocessing = preprocessing
+        self.inferer: Any = inferer  # a SlidingWindowInferer for NIfTI studies
+        self.postprocessing = postprocessing
+        if data_format == "nifti":
+            self._load, self._preprocess = _split_after_loading(preprocessing)
+            if not isinstance(inferer, SlidingWindowInferer):
+                raise ValueError(
+                    f"the bundle's inferer is a {type(inferer).__name__}; inference of NIfTI "
+                    "studies needs a SlidingWindowInferer"
+                )
+            if postprocessing is None:
+                raise ValueError(
+                    "the bundle declares no postprocessing; NIfTI inference needs one that "
+                    "puts the prediction back on the input's grid (Invertd)"
+                )
+        self.checkpoint = Path(checkpoint) if checkpoint else None
+        if self.checkpoint is not None:
+            load_network_weights(
+                network,
+                self.checkpoint,
+                settings=network_settings,
+                hint="pass the same ones (e.g. --override ID=VALUE, a network file such as "
+                "networks/<name>.json) or the matching --checkpoint",
+            )
+        self.network = network.to(self.device).eval()
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: str | os.PathLike[str] | None = None,
         *,
         checkpoint: str | os.PathLike[str] | None = None,
         config_files: Sequence[str | os.PathLike[str]] = (),
@@ -485,166 +560,108 @@ class Predictor:
         roi_size: Sequence[int] | None = None,
         sw_batch_size: int | None = None,
         overlap: float | None = None,
-        tta: bool = False,
+        tta: bool | None = None,
         amp: bool | None = None,
         network: torch.nn.Module | None = None,
-    ) -> None:
-        from monai.bundle import ConfigParser
+    ) -> Predictor:
+        """Load one bundle (:func:`~tumorseg.inference.bundle.load_bundle`) and build its predictor.
 
-        self.bundle = Path(bundle)
-        train = self.bundle / "configs" / "train.json"
-        if not train.is_file():
-            raise FileNotFoundError(
-                f"bundle folder {str(self.bundle)!r} has no configs/train.json; pass the bundle "
-                "folder (tumorseg infer --bundle, monai.bundle --bundle_root)"
+        Args:
+            bundle: the bundle folder; None derives it from ``config_files``' paths.
+            checkpoint: network weights; default the bundle's ``checkpoint``
+                (``<ckpt_dir>/model.pt``). With ``network`` given, loaded only when passed.
+            config_files: more config files merged after ``inference.json`` (paths, or
+                names in the bundle's ``configs/``).
+            overrides: config ids -> values (``{"filters": [8, 16, 32, 64, 128]}``); None
+                values are ignored.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default CUDA when available.
+            roi_size: sliding-window size; default the bundle's ``roi_size``.
+            sw_batch_size: windows per network call; default the bundle's.
+            overlap: window overlap in [0, 1); default the bundle's.
+            tta: test-time mirroring; None keeps the bundle's ``tta``.
+            amp: autocast; default on for CUDA, off for CPU.
+            network: a ready network to use instead of the bundle's (tests, custom models).
+
+        Raises:
+            FileNotFoundError: no ``configs/train.json`` in ``bundle``, or no checkpoint.
+            ValueError: bad settings (the value is shown), a network the configs cannot
+                build, or a checkpoint that does not fit it.
+        """
+        config = load_bundle(bundle, config_files=config_files, overrides=overrides)
+        return cls.from_config(
+            config,
+            checkpoint=checkpoint,
+            device=device,
+            roi_size=roi_size,
+            sw_batch_size=sw_batch_size,
+            overlap=overlap,
+            tta=tta,
+            amp=amp,
+            network=network,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ConfigParser,
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        device: str | torch.device | None = None,
+        roi_size: Sequence[int] | None = None,
+        sw_batch_size: int | None = None,
+        overlap: float | None = None,
+        tta: bool | None = None,
+        amp: bool | None = None,
+        network: torch.nn.Module | None = None,
+    ) -> Predictor:
+        """Build the ``evaluator`` of a loaded bundle config, with explicit settings applied.
+
+        See :meth:`from_bundle` for the arguments; ``config`` comes from
+        :func:`~tumorseg.inference.bundle.load_bundle`.
+        """
+        if "evaluator" not in config:
+            raise ValueError(
+                f"bundle {config.get('bundle_root')!r} declares no 'evaluator' in its "
+                "inference.json; inference builds the Predictor from there"
             )
-        files = [train, *(self._config_path(f) for f in config_files)]
-        parser = ConfigParser()
-        parser.read_config([str(f) for f in files])
-        meta = self.bundle / "configs" / "metadata.json"
-        if meta.is_file():
-            parser.read_meta(str(meta))
-        parser["bundle_root"] = str(self.bundle)
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                parser[key] = value
         explicit: dict[str, Any] = {}
         if roi_size is not None:
-            bundle_roi = parser.get_parsed_content("roi_size") if "roi_size" in parser else (0,) * 3
-            explicit["roi_size"] = _check_roi_size(roi_size, len(bundle_roi))
+            bundle_roi = config.get_parsed_content("roi_size") if "roi_size" in config else ()
+            explicit["roi_size"] = _check_roi_size(roi_size, len(bundle_roi) or 3)
         if sw_batch_size is not None:
             explicit["sw_batch_size"] = _check_sw_batch_size(sw_batch_size)
         if overlap is not None:
             explicit["overlap"] = _check_overlap(overlap)
         for key, value in explicit.items():
-            parser[key] = value
-        self.config = parser
-        self.device = _resolve_device(device)
-        self.amp = self.device.type == "cuda" if amp is None else bool(amp)
-        self.tta = bool(tta)
-        self.image_key = self._parsed("image_key", "image")
-        self._label_key = self._parsed("label_key", "label")
-        self._load, self._preprocess, self.preprocessing = self._build_preprocessing()
-        self.inferer = self._build_inferer(explicit)
-
-        from monai.transforms import Invertd
-
-        # nearest_interp=False: probabilities are interpolated back (bilinear, as the image was
-        # resampled) and thresholded on the input grid, which keeps region borders smooth.
-        self._invert = Invertd(
-            keys="pred",
-            transform=self.preprocessing,
-            orig_keys=self.image_key,
-            nearest_interp=False,
-            to_tensor=True,
-        )
-        if network is None:
-            network = self.config.get_parsed_content("network_def")
-            self.checkpoint: Path | None = Path(checkpoint) if checkpoint else self._default_ckpt()
-        else:
-            self.checkpoint = Path(checkpoint) if checkpoint else None
-        if self.checkpoint is not None:
-            self._load_weights(network, self.checkpoint)
-        self.network = network.to(self.device).eval()
-
-    # -- construction ----------------------------------------------------------------------
-
-    def _config_path(self, name: str | os.PathLike[str]) -> Path:
-        path = Path(name)
-        if path.is_file():
-            return path
-        in_bundle = self.bundle / "configs" / path
-        if in_bundle.is_file():
-            return in_bundle
-        raise FileNotFoundError(
-            f"config file {str(name)!r} not found (also looked in {self.bundle / 'configs'})"
-        )
-
-    def _parsed(self, key: str, default: Any) -> Any:
-        return self.config.get_parsed_content(key) if key in self.config else default
-
-    def _default_ckpt(self) -> Path:
-        ckpt_dir = self._parsed("ckpt_dir", str(self.bundle / "models"))
-        return Path(ckpt_dir) / "model.pt"
-
-    def _build_preprocessing(self) -> tuple[Callable, Callable, Any]:
-        """The bundle's preprocessing without its label-only transforms, split after loading."""
-        from monai.transforms import Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged
-        from monai.utils import ensure_tuple
-
-        if "preprocessing_transforms" not in self.config:
+            config[key] = value
+        config["device"] = _resolve_device(device)
+        if tta is not None:
+            config["tta"] = bool(tta)
+        if amp is not None:
+            config["evaluator#amp"] = bool(amp)
+        if network is not None:
+            config["evaluator#network"] = network
+            config["evaluator#checkpoint"] = str(checkpoint) if checkpoint else None
+        elif checkpoint:
+            config["checkpoint"] = str(checkpoint)
+        try:
+            predictor = config.get_parsed_content("evaluator")
+        except RuntimeError as err:
+            # MONAI says only "Failed to instantiate component"; the cause says what is wrong.
+            cause = _root_cause(err)
+            if isinstance(cause, FileNotFoundError | ValueError):
+                raise cause from None
             raise ValueError(
-                f"bundle {self.bundle} defines no 'preprocessing_transforms' in its configs; "
-                "inference takes its preprocessing from there"
-            )
-        raw = self.config["preprocessing_transforms"]
-        transforms = []
-        for i, item in enumerate(raw):
-            ref = f"preprocessing_transforms#{i}"
-            if isinstance(item, dict) and "keys" in item:
-                keys = set(ensure_tuple(self.config.get_parsed_content(f"{ref}#keys")))
-                if keys <= {self._label_key}:
-                    # Not instantiated at all: e.g. LabelsToRegionsd would need the training
-                    # data's label convention, which means nothing for new studies.
-                    continue
-            transforms.append(self.config.get_parsed_content(ref))
-        n_load = 0
-        while n_load < len(transforms) and isinstance(
-            transforms[n_load], LoadImaged | EnsureChannelFirstd
-        ):
-            n_load += 1
-        if n_load == 0:
+                f"cannot build the network of bundle {config.get('bundle_root')!r}"
+                f"{f': {cause}' if cause is not None else ''}"
+            ) from None
+        if not isinstance(predictor, Predictor):
             raise ValueError(
-                f"the bundle's preprocessing_transforms must start with LoadImaged; got "
-                f"{type(transforms[0]).__name__ if transforms else 'an empty list'}"
+                f"the bundle's evaluator is a {type(predictor).__name__}, not a Predictor"
             )
-        if not any(isinstance(t, CropForegroundd) for t in transforms):
-            logger.warning(
-                "the bundle's preprocessing has no CropForegroundd: the sliding window will "
-                "also run over the background around the brain"
-            )
-        full = Compose(transforms)
-        return Compose(transforms[:n_load]), Compose(transforms[n_load:]), full
-
-    def _build_inferer(self, explicit: Mapping[str, Any]) -> Any:
-        from monai.inferers import SlidingWindowInferer
-
-        for ref in ("inference#inferer", "validate#inferer", "inferer"):
-            if ref in self.config:
-                inferer = self.config.get_parsed_content(ref)
-                break
-        else:
-            inferer = SlidingWindowInferer(
-                roi_size=self._parsed("roi_size", [96, 96, 96]),
-                sw_batch_size=self._parsed("sw_batch_size", 4),
-                overlap=self._parsed("overlap", 0.5),
-                mode="gaussian",
-            )
-        if not isinstance(inferer, SlidingWindowInferer):
-            raise ValueError(
-                f"the bundle's inferer is a {type(inferer).__name__}; inference needs a "
-                "SlidingWindowInferer"
-            )
-        for key, value in explicit.items():
-            got = getattr(inferer, key)
-            same = list(got) == list(value) if key == "roi_size" else got == value
-            if not same:
-                raise ValueError(
-                    f"the bundle's inferer does not take {key} from @{key} (it has {got!r}, "
-                    f"asked for {value!r}); set it in the bundle config instead"
-                )
-        return inferer
-
-    def _load_weights(self, network: torch.nn.Module, path: Path) -> None:
-        from tumorseg.training import load_network_weights
-
-        filters = self._parsed("filters", None)
-        load_network_weights(
-            network,
-            path,
-            settings=f"filters={filters}" if filters else "",
-            hint="pass the same ones (e.g. --override filters=[...]) or the matching --checkpoint",
-        )
+        if predictor.data_format == "nifti":
+            _check_inferer_settings(predictor.inferer, explicit)
+        return predictor
 
     # -- settings, for reports ---------------------------------------------------------------
 
@@ -696,8 +713,6 @@ class Predictor:
         self, loaded: LoadedCase, *, label_convention: str | LabelConvention = DEFAULT_CONVENTION
     ) -> PredictionResult:
         """Network and postprocessing for a study from :meth:`load_case`."""
-        from monai.data import MetaTensor
-
         conv = get_convention(label_convention)
         image = loaded.data[self.image_key]
         start = time.perf_counter()
@@ -705,7 +720,8 @@ class Predictor:
         network_done = time.perf_counter()
 
         pred = MetaTensor(probs, meta=dict(image.meta))
-        inverted = self._invert({"pred": pred, self.image_key: image})["pred"]
+        assert self.postprocessing is not None  # checked in __init__ for NIfTI studies
+        inverted = self.postprocessing({"pred": pred, self.image_key: image})["pred"]
         original_affine = np.asarray(image.meta.get("original_affine"), dtype=np.float64)
         affine = (
             np.asarray(loaded.header.get_best_affine(), dtype=np.float64)
@@ -714,7 +730,7 @@ class Predictor:
         )
         probabilities = np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
         self._check_geometry(loaded, probabilities.shape[1:], inverted, affine)
-        label = _labels(probabilities, conv)
+        label = _labels(probabilities, conv, self.threshold)
         done = time.perf_counter()
         timings = {
             **loaded.timings,
@@ -816,8 +832,14 @@ class Predictor:
         overwrite: bool = False,
         save_probabilities: bool = False,
         progress: bool = True,
-    ) -> FolderReport:
+    ) -> FolderReport | LGGInferenceReport:
         """Segment every study of a folder into ``<output_dir>/<case_id>.nii.gz``.
+
+        That is for a ``nifti`` bundle; a ``kaggle_3m`` bundle (``data_format`` of its
+        config) segments every slice of a kaggle_3m folder into
+        ``<output_dir>/<patient>/<patient>_<n>_mask.tif`` instead
+        (:func:`tumorseg.inference.lgg.segment_kaggle_3m_folder`, which returns its own report),
+        and takes only ``overwrite`` of the options below.
 
         Studies are found by :func:`tumorseg.data.discover_cases` (BraTS 2020/2021, BraTS
         2023, MSD 4D, or one folder per case with ``modality_suffixes``). A study whose mask
@@ -846,10 +868,18 @@ class Predictor:
             tumorseg.data.DatasetError: the folder holds no recognisable study at all.
             ValueError: an unknown label convention or bad suffix mapping.
         """
-        from tqdm.auto import tqdm
-
-        from tumorseg.data import discover_cases
-
+        if self.data_format == "kaggle_3m":
+            return self._predict_kaggle_3m_folder(
+                input_dir,
+                output_dir,
+                overwrite=overwrite,
+                refused={
+                    "label_convention": label_convention,
+                    "modality_suffixes": modality_suffixes,
+                    "layout": layout,
+                    "save_probabilities": save_probabilities or None,
+                },
+            )
         start = time.perf_counter()
         if not str(input_dir):
             raise ValueError(
@@ -971,6 +1001,36 @@ class Predictor:
             )
         return report
 
+    def _predict_kaggle_3m_folder(
+        self,
+        input_dir: str | os.PathLike[str],
+        output_dir: str | os.PathLike[str],
+        *,
+        overwrite: bool,
+        refused: Mapping[str, Any],
+    ) -> LGGInferenceReport:
+        """Segment a kaggle_3m folder slice by slice into ``<patient>/<patient>_<n>_mask.tif``."""
+        for name, value in refused.items():
+            if value:
+                raise ValueError(
+                    f"{name} does not apply to a kaggle_3m bundle (TIF slices), got {value!r}"
+                )
+        if not str(input_dir):
+            raise ValueError("no input folder given (tumorseg infer --input, --dataset_dir)")
+        return segment_kaggle_3m_folder(
+            input_dir,
+            output_dir,
+            network=self.network,
+            preprocessing=self.preprocessing,
+            inferer=self.inferer,
+            postprocessing=self.postprocessing,
+            device=self.device,
+            threshold=self.threshold,
+            flip_tta=self.tta,
+            batch_size=self.batch_size,
+            overwrite=overwrite,
+        )
+
     @staticmethod
     def _layout_convention(layout: str) -> str:
         try:
@@ -1003,10 +1063,10 @@ def _report_unrecorded(report: FolderReport, failed: _SaveFailed, bar: Any) -> N
     )
 
 
-def _labels(probabilities: np.ndarray, convention: LabelConvention) -> np.ndarray:
-    """``> 0.5`` per region, then the label map (innermost region wins)."""
-    from tumorseg.transforms import regions_to_labels
-
+def _labels(
+    probabilities: np.ndarray, convention: LabelConvention, threshold: float = _THRESHOLD
+) -> np.ndarray:
+    """``> threshold`` per region, then the label map (innermost region wins)."""
     return np.asarray(
-        regions_to_labels(probabilities, convention, threshold=_THRESHOLD), dtype=np.uint8
+        regions_to_labels(probabilities, convention, threshold=threshold), dtype=np.uint8
     )

@@ -1,0 +1,209 @@
+"""Load a bundle's inference configuration the model-zoo way, and the folder it segments.
+
+Every bundle's ``configs/inference.json`` is merged after its ``configs/train.json`` and
+declares the inference pipeline by MONAI's ids (:data:`monai.bundle.properties.InferProperties`):
+
+* ``network_def`` (from ``train.json``) and ``network``;
+* ``preprocessing``: the validation preprocessing of ``train.json``, referenced
+  (``@validate#preprocessing``); its label transforms find no label and do nothing;
+* ``inferer``: the validation inferer (sliding window, slice-wise) or the direct call;
+* ``postprocessing``: what undoes the preprocessing's geometry (3D) or cleans a patient's
+  stacked slices (LGG);
+* ``data`` / ``dataset``: the folder to segment (:class:`InferenceData`, read as
+  ``data_format`` says) as a MONAI ``Dataset`` with ``preprocessing``;
+* ``evaluator``: the :class:`tumorseg.inference.Predictor` built from the ids above;
+* ``initialize``, ``run`` (``inferring`` is an alias).
+
+:func:`load_bundle` reads those files for :meth:`Predictor.from_bundle` and ``tumorseg infer``;
+``python -m monai.bundle run --config_file "['<b>/configs/train.json','<b>/configs/inference.json']"
+--bundle_root <b>`` reads the same ones, so both build the same predictor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai.bundle import ConfigParser
+
+from tumorseg.data.discovery import discover_cases, parse_modality_suffixes
+from tumorseg.data.lgg import discover_kaggle_3m
+
+__all__ = [
+    "DATA_FORMATS",
+    "DEFAULT_CONVENTION",
+    "InferenceData",
+    "bundle_root_of",
+    "load_bundle",
+]
+
+#: What a bundle reads and writes, its ``data_format`` id: NIfTI studies (BraTS 2020/2021,
+#: 2023, MSD, custom naming) to NIfTI label maps, or kaggle_3m TIF slices to mask TIFs.
+DATA_FORMATS = ("nifti", "kaggle_3m")
+#: Default output label convention where the input's layout does not name one.
+DEFAULT_CONVENTION = "brats2021"
+_DEFAULT_FILES = ("train.json", "inference.json")
+
+
+def bundle_root_of(config_files: Sequence[str | os.PathLike[str]]) -> Path:
+    """The bundle folder of config files given by path: ``<bundle>/configs/<name>.json``.
+
+    Args:
+        config_files: the config files, first one decisive (a bundle's own files sit in its
+            ``configs/`` folder; a network file in ``configs/networks/`` counts too).
+
+    Raises:
+        ValueError: no file given, or the first one is not in a bundle's ``configs/``.
+    """
+    if not config_files:
+        raise ValueError("no config file given: cannot tell which bundle to load")
+    folder = Path(config_files[0]).expanduser().resolve().parent
+    for candidate in (folder, *folder.parents):
+        if candidate.name == "configs" and (candidate / "train.json").is_file():
+            return candidate.parent
+    raise ValueError(
+        f"config file {str(config_files[0])!r} is not in a bundle's configs/ folder (one that "
+        "holds train.json); pass the bundle folder"
+    )
+
+
+def _config_path(root: Path, name: str | os.PathLike[str]) -> Path:
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    in_bundle = root / "configs" / path
+    if in_bundle.is_file():
+        return in_bundle
+    raise FileNotFoundError(
+        f"config file {str(name)!r} not found (also looked in {root / 'configs'})"
+    )
+
+
+def load_bundle(
+    bundle_root: str | os.PathLike[str] | None = None,
+    *,
+    config_files: Sequence[str | os.PathLike[str]] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> ConfigParser:
+    """Read a bundle's inference configuration: ``train.json``, ``inference.json``, extras.
+
+    The one place that turns a bundle folder into a config (:meth:`Predictor.from_bundle`,
+    ``tumorseg infer``). ``bundle_root`` is set to the bundle folder, so relative ids
+    (``ckpt_dir`` ...) resolve there whatever the current folder.
+
+    Args:
+        bundle_root: the bundle folder (holding ``configs/train.json``); None derives it from
+            the first of ``config_files`` (:func:`bundle_root_of`).
+        config_files: more configs merged after ``train.json`` and ``inference.json`` (paths,
+            or names in the bundle's ``configs/`` such as ``networks/transunet.json``). With
+            ``bundle_root`` None they are the full list, read in order.
+        overrides: config ids -> values set after reading (``{"filters": [...]}``,
+            ``{"network_def#res_block": False}``); None values are skipped, so a caller can
+            forward optional settings.
+
+    Returns:
+        The parser, not yet instantiated.
+
+    Raises:
+        FileNotFoundError: no ``configs/train.json`` in the bundle, or a config not found.
+        ValueError: no bundle folder given and none derivable from ``config_files``.
+    """
+    if bundle_root is None:
+        root = bundle_root_of(config_files)
+        files = [_config_path(root, f) for f in config_files]
+    else:
+        root = Path(bundle_root).expanduser()
+        if not (root / "configs" / "train.json").is_file():
+            raise FileNotFoundError(
+                f"bundle folder {str(root)!r} has no configs/train.json; pass the bundle "
+                "folder (tumorseg infer --bundle, monai.bundle --bundle_root)"
+            )
+        files = [root / "configs" / name for name in _DEFAULT_FILES]
+        files += [_config_path(root, f) for f in config_files]
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path} (bundle {str(root)!r})")
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    meta = root / "configs" / "metadata.json"
+    if meta.is_file():
+        parser.read_meta(str(meta))
+    parser["bundle_root"] = str(root)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            parser[key] = value
+    return parser
+
+
+class InferenceData:
+    """The folder an inference run segments: ``data`` of a bundle's ``inference.json``.
+
+    Plays the part ``train.json``'s training data (``tumorseg.training.BundleData``,
+    ``LGGData``) plays there, so the shared preprocessing finds its settings: its label
+    transforms take ``@data.label_convention``, which here is the output convention (there
+    is no label to convert). Nothing is read until :meth:`files` is called.
+
+    Args:
+        dataset_dir: the folder; empty for none yet (a predictor built before any folder).
+        data_format: one of :data:`DATA_FORMATS`.
+        label_convention: output label numbers; empty means each input layout's own.
+        modality_suffixes: custom file naming for NIfTI studies (see
+            :func:`tumorseg.data.parse_modality_suffixes`).
+        layout: force a NIfTI layout instead of detecting it.
+
+    Raises:
+        ValueError: an unknown ``data_format`` (the value is named).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | os.PathLike[str] = "",
+        *,
+        data_format: str = "nifti",
+        label_convention: str | None = "",
+        modality_suffixes: str | Mapping[str, str] | None = None,
+        layout: str | None = None,
+    ) -> None:
+        if data_format not in DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+        self.dataset_dir = str(dataset_dir or "")
+        self.data_format = data_format
+        self._label_convention = label_convention or ""
+        self.modality_suffixes = modality_suffixes
+        self.layout = layout
+
+    @property
+    def label_convention(self) -> str:
+        """The output label convention (the default where none was asked for)."""
+        return self._label_convention or DEFAULT_CONVENTION
+
+    def files(self) -> list[dict[str, Any]]:
+        """One item per usable study (NIfTI) or slice (kaggle_3m): ``{"image", "case_id"}``.
+
+        Studies with problems are left out here; :meth:`Predictor.predict_folder` reports
+        them. An empty ``dataset_dir`` gives no items.
+        """
+        if not self.dataset_dir:
+            return []
+        if self.data_format == "kaggle_3m":
+            found = discover_kaggle_3m(self.dataset_dir)
+            return [
+                {"image": str(s.image), "case_id": s.case_id}
+                for patient in found.patients
+                for s in patient.slices
+            ]
+        cases = discover_cases(
+            Path(self.dataset_dir),
+            layout=self.layout,
+            modality_suffixes=parse_modality_suffixes(self.modality_suffixes),
+        )
+        return [
+            {
+                "image": [str(p) for p in c.images] if len(c.images) > 1 else str(c.images[0]),
+                "case_id": c.case_id,
+            }
+            for c in cases
+            if not c.issues
+        ]
