@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from tumorseg.cli import main
 from tumorseg.conventions import get_convention
-from tumorseg.data import synthetic
+from tumorseg.data.synthetic import files as synthetic_files
 from tumorseg.data.synthetic import (
     generate_dataset,
     make_phantom,
@@ -291,7 +291,9 @@ def test_msd_dataset_json_matches_task01(tmp_path):
         assert (tmp_path / item["image"]).is_file() and (tmp_path / item["label"]).is_file()
     assert all((tmp_path / p).is_file() for p in spec["test"])
     # The 4D image holds the phantom's sequences in CHANNEL_ORDER along the last axis.
-    images, label = make_phantom(FILE_SHAPE, seed=synthetic._case_seed(0, 0), orientation="LPS")
+    images, label = make_phantom(
+        FILE_SHAPE, seed=synthetic_files._case_seed(0, 0), orientation="LPS"
+    )
     stored = np.asarray(nib.load(tmp_path / "imagesTr" / "BRATS_000.nii.gz").dataobj)
     np.testing.assert_array_equal(np.moveaxis(stored, -1, 0), np.rint(images).astype(np.int16))
 
@@ -314,7 +316,7 @@ def test_contrast_and_tumour_scale_pass_through_to_every_case(tmp_path):
     for i in range(2):
         images, label = make_phantom(
             FILE_SHAPE,
-            seed=synthetic._case_seed(3, i),
+            seed=synthetic_files._case_seed(3, i),
             contrast=shift,
             tumour_scale=0.6,
             orientation="LPS",
@@ -326,7 +328,9 @@ def test_contrast_and_tumour_scale_pass_through_to_every_case(tmp_path):
         np.testing.assert_array_equal(t1ce, np.rint(images[2]).astype(np.int16))
     # The defaults leave the dataset exactly as before the options existed.
     generate_dataset(tmp_path / "plain", num_cases=1, shape=FILE_SHAPE, seed=3)
-    _, default_label = make_phantom(FILE_SHAPE, seed=synthetic._case_seed(3, 0), orientation="LPS")
+    _, default_label = make_phantom(
+        FILE_SHAPE, seed=synthetic_files._case_seed(3, 0), orientation="LPS"
+    )
     plain = nib.load(tmp_path / "plain" / "SYN2021_000" / "SYN2021_000_seg.nii.gz")
     np.testing.assert_array_equal(np.asarray(plain.dataobj), default_label)
     shifted = nib.load(tmp_path / "SYN2021_000" / "SYN2021_000_seg.nii.gz")
@@ -350,7 +354,7 @@ def test_existing_output_needs_overwrite(tmp_path):
 
     generate_dataset(tmp_path, num_cases=1, shape=FILE_SHAPE, seed=1, overwrite=True)
     assert not (case / "stale.txt").exists()  # the case folder was replaced as a whole
-    _, label = make_phantom(FILE_SHAPE, seed=synthetic._case_seed(1, 0), orientation="LPS")
+    _, label = make_phantom(FILE_SHAPE, seed=synthetic_files._case_seed(1, 0), orientation="LPS")
     stored = np.asarray(nib.load(case / "SYN2021_000_seg.nii.gz").dataobj)
     np.testing.assert_array_equal(stored, label)
 

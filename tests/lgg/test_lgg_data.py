@@ -58,6 +58,37 @@ def test_generator_is_deterministic(kaggle: Path, tmp_path: Path) -> None:
     assert (tmp_path / ids[0] / name).read_bytes() == (kaggle / ids[0] / name).read_bytes()
 
 
+def _brain_extent(folder: Path) -> tuple[float, float]:
+    """Largest bounding box of the brain (FLAIR > 0) over a patient's slices, as fractions of
+    the slice height (antero-posterior) and width (left-right)."""
+    rows = cols = 0.0
+    for path in folder.glob("*.tif"):
+        if path.stem.endswith("_mask"):
+            continue
+        with Image.open(path) as img:
+            brain = np.asarray(img)[..., 1] > 0
+        if brain.any():
+            r, c = np.nonzero(brain.any(axis=1))[0], np.nonzero(brain.any(axis=0))[0]
+            rows = max(rows, (r[-1] - r[0] + 1) / brain.shape[0])
+            cols = max(cols, (c[-1] - c[0] + 1) / brain.shape[1])
+    return rows, cols
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_generated_brain_fills_the_field_of_view_like_real_slices(
+    size: int, tmp_path: Path
+) -> None:
+    # The real kaggle_3m slices (256x256) show a head filling most of the field of view: about
+    # 0.7-0.95 of it antero-posteriorly and 0.55-0.8 left-right on the middle slices. The
+    # phantom brain must do the same at any size and slice count, or a model trained on real
+    # slices sees a small disc it has never met (issue 14 item 6).
+    (patient,) = generate_kaggle_3m(tmp_path, num_patients=1, shape=(size, size, 16), seed=3)
+    rows, cols = _brain_extent(tmp_path / patient)
+    assert 0.7 <= rows <= 0.85, (rows, cols)
+    assert 0.55 <= cols <= 0.75, (rows, cols)
+    assert rows > cols  # rows run antero-posterior, the brain's longest in-plane axis
+
+
 def test_parse_slice_name() -> None:
     assert parse_slice_name("TCGA_CS_4941_19960909_12_mask.tif") == (
         "TCGA_CS_4941_19960909",

@@ -19,19 +19,29 @@ companions are ignored.
 
 Discovery is lenient on purpose: a case folder that lacks a modality is still returned (with
 the expected path of the missing file) so that :func:`validate_case` can report every bad case
-of a dataset in one pass instead of failing on the first.
+of a dataset in one pass instead of failing on the first. The shared types live in
+:mod:`tumorseg.data.cases` and the checks in :mod:`tumorseg.data.validation`; this module
+re-exports both, so its public names are unchanged.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tumorseg.conventions import CHANNEL_ORDER, LAYOUTS, get_convention, get_layout
+from tumorseg.conventions import CHANNEL_ORDER, LAYOUTS, get_layout
+from tumorseg.data.cases import (
+    IMAGE_EXTENSIONS,
+    NIFTI_EXTENSIONS,
+    Case,
+    CaseProblem,
+    DatasetError,
+    _short,
+    split_extension,
+)
+from tumorseg.data.validation import validate_case
 
 __all__ = [
     "CUSTOM_LAYOUT",
@@ -47,107 +57,15 @@ __all__ = [
     "validate_case",
 ]
 
-#: Extensions of the built-in layouts (BraTS and MSD ship NIfTI only).
-NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
-
-#: Extensions accepted with an explicit ``modality_suffixes`` mapping (read with ITK).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
 #: Layout name given to cases found through an explicit ``modality_suffixes`` mapping.
 CUSTOM_LAYOUT = "custom"
 
 _FOLDER_LAYOUTS: tuple[str, ...] = ("brats2021", "brats2023")
-_AFFINE_ATOL = 1e-4
-_GZIP_CHUNK = 1 << 20
 _EXPECTED = (
     "expected one folder per case named like <case>/<case>_flair.nii.gz, _t1, _t1ce, _t2 "
     "(brats2021), <case>/<case>-t2f.nii.gz, -t1n, -t1c, -t2w (brats2023), the same one "
     "folder deeper, or an MSD folder with imagesTr/ and dataset.json (msd)"
 )
-
-
-@dataclass(frozen=True)
-class CaseProblem:
-    """One thing wrong with one file of one case.
-
-    Args:
-        case_id: the case the file belongs to.
-        file: the file, as ``<folder>/<name>`` (enough to find it under the dataset root).
-        reason: what is wrong, with the values found.
-    """
-
-    case_id: str
-    file: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.case_id}: {self.file}: {self.reason}"
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used as it is.
-
-    The message lists every problem, one ``<case_id>: <file>: <reason>`` per line, after a
-    one-line summary, so that all bad cases can be fixed in one go.
-
-    Attributes:
-        problems: the problems found, in case order (empty for folder-level errors).
-    """
-
-    def __init__(self, problems: Iterable[CaseProblem] = (), *, message: str | None = None):
-        self.problems: list[CaseProblem] = list(problems)
-        if message is None:
-            n_cases = len({p.case_id for p in self.problems})
-            message = (
-                f"{len(self.problems)} problem(s) in {n_cases} case(s); fix them or leave the "
-                "cases out (skip_bad=True, CLI --skip-bad):"
-            )
-        self.summary = message
-        lines = [message, *(str(p) for p in self.problems)]
-        super().__init__("\n".join(lines))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # The default rebuilds from args (the joined text), which would lose .problems when the
-        # error crosses a process boundary (data-loader workers, multiprocessing pools).
-        return (_rebuild_dataset_error, (self.problems, self.summary))
-
-
-def _rebuild_dataset_error(problems: list[CaseProblem], summary: str) -> DatasetError:
-    return DatasetError(problems, message=summary)
-
-
-@dataclass(frozen=True)
-class Case:
-    """One study: its images in :data:`CHANNEL_ORDER` and its optional label map.
-
-    Args:
-        case_id: the case folder name (BraTS) or file name without extension (MSD).
-        images: four files in :data:`CHANNEL_ORDER` (FLAIR, T1, T1ce, T2), or one 4D file
-            for MSD. A missing modality appears as the path it was expected at.
-        label: the label map, or None when the case has none (a test case).
-        layout: ``brats2021``, ``brats2023``, ``msd`` or ``custom``.
-        issues: problems seen while listing the folder (for example two files for one
-            modality); :func:`validate_case` reports them.
-    """
-
-    case_id: str
-    images: tuple[Path, ...]
-    label: Path | None
-    layout: str
-    issues: tuple[CaseProblem, ...] = field(default=(), compare=False, repr=False)
-
-
-def split_extension(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> tuple[str, str]:
-    """Split a file name into stem and image extension (``a.nii.gz`` -> ``("a", ".nii.gz")``).
-
-    Returns:
-        ``(stem, extension)``, or ``(name, "")`` when the name has none of ``extensions``.
-    """
-    lower = name.lower()
-    for ext in sorted(extensions, key=len, reverse=True):
-        if lower.endswith(ext) and len(name) > len(ext):
-            return name[: -len(ext)], name[-len(ext) :]
-    return name, ""
 
 
 def _visible(path: Path) -> bool:
@@ -165,11 +83,6 @@ def _image_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
         for p in folder.iterdir()
         if p.is_file() and _visible(p) and split_extension(p.name, extensions)[1]
     )
-
-
-def _short(path: Path) -> str:
-    """``<parent>/<name>``: unique within a case, short enough for one line per problem."""
-    return "/".join(path.parts[-2:])
 
 
 def _check_root(root: str | Path) -> Path:
@@ -480,206 +393,6 @@ def discover_cases(
         ]
         raise DatasetError(problems, message=f"duplicate case ids in {str(root)!r}:")
     return cases
-
-
-# --------------------------------------------------------------------------- validation
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    shape: tuple[int, ...]
-    affine: Any  # 4x4 numpy array
-
-
-def _ras_affine_from_itk(image_io: Any) -> Any:
-    import numpy as np
-
-    ndim = min(int(image_io.GetNumberOfDimensions()), 3)
-    direction = np.eye(3)
-    spacing = np.ones(3)
-    origin = np.zeros(3)
-    for i in range(ndim):
-        spacing[i] = image_io.GetSpacing(i)
-        origin[i] = image_io.GetOrigin(i)
-        for j, value in enumerate(image_io.GetDirection(i)[:ndim]):
-            direction[j, i] = value
-    affine = np.eye(4)
-    affine[:3, :3] = direction * spacing
-    affine[:3, 3] = origin
-    # ITK is LPS, NIfTI (and nibabel) RAS: flip x and y so mixed formats compare.
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-
-
-def _read_itk(path: Path, *, load_data: bool) -> tuple[_Geometry, Any]:
-    import itk
-    import numpy as np
-
-    image_io = itk.ImageIOFactory.CreateImageIO(str(path), itk.CommonEnums.IOFileMode_ReadMode)
-    if image_io is None:
-        raise ValueError("no ITK reader for this file")
-    image_io.SetFileName(str(path))
-    image_io.ReadImageInformation()
-    shape = tuple(int(image_io.GetDimensions(i)) for i in range(image_io.GetNumberOfDimensions()))
-    ncomp = int(image_io.GetNumberOfComponents())
-    if ncomp > 1:
-        shape = (*shape, ncomp)
-    geometry = _Geometry(shape, _ras_affine_from_itk(image_io))
-    # Reading the pixels is what catches a truncated or corrupt file.
-    image = itk.imread(str(path))
-    data = (
-        np.asarray(itk.array_from_image(image)) if load_data else None
-    )  # a copy: a view dies with image
-    if data is not None and ncomp == 1:
-        data = data.transpose()  # ITK arrays are z,y,x; match the i,j,k of nibabel
-    return geometry, data
-
-
-def _read_nifti(path: Path, *, load_data: bool) -> tuple[_Geometry, Any]:
-    import nibabel as nib
-    import numpy as np
-
-    img: Any = nib.load(str(path))
-    geometry = _Geometry(tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float))
-    if load_data:
-        return geometry, np.asanyarray(img.dataobj)
-    if path.name.lower().endswith(".gz"):
-        # Stream through the whole gzip member: a truncated download or a bad CRC shows up
-        # here, without holding the decompressed volume in memory.
-        with gzip.open(path, "rb") as stream:
-            while stream.read(_GZIP_CHUNK):
-                pass
-    else:
-        # The loaded header's vox_offset reads 0; the array proxy knows where the data starts.
-        offset = int(getattr(img.dataobj, "offset", 0))
-        needed = offset + int(np.prod(img.shape)) * int(img.get_data_dtype().itemsize)
-        size = path.stat().st_size
-        if size < needed:
-            raise ValueError(f"file is truncated: {size} bytes, the header needs {needed}")
-    return geometry, None
-
-
-def _read(path: Path, *, load_data: bool) -> tuple[_Geometry, Any]:
-    ext = split_extension(path.name)[1].lower()
-    if ext in NIFTI_EXTENSIONS:
-        return _read_nifti(path, load_data=load_data)
-    return _read_itk(path, load_data=load_data)
-
-
-def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Drop trailing singleton axes (``(240, 240, 155, 1)`` is 3D)."""
-    out = list(shape)
-    while len(out) > 3 and out[-1] == 1:
-        out.pop()
-    return tuple(out)
-
-
-def _illegal_label_values(data: Any, legal: frozenset[int]) -> list[float]:
-    import numpy as np
-
-    values = np.unique(data)
-    return [float(v) for v in values if not (float(v).is_integer() and int(v) in legal)]
-
-
-def validate_case(
-    case: Case, *, label_convention: str, check_readable: bool = True
-) -> list[CaseProblem]:
-    """Check one case: files present, readable, same geometry, 3D, legal label values.
-
-    Args:
-        case: a case from :func:`discover_cases`.
-        label_convention: ``brats2021``, ``brats2023`` or ``msd`` (aliases accepted): the
-            label values allowed in the label map.
-        check_readable: open the files. False checks only that the files exist, which costs
-            one ``stat`` per file.
-
-    Returns:
-        The problems found, each naming the case and the file; empty when the case is good.
-        A gzip file is decompressed in full to catch truncation; the label map is read to
-        check its values; image voxels are streamed but not kept.
-    """
-    convention = get_convention(label_convention)
-    problems = list(case.issues)
-    files = [*case.images, *([case.label] if case.label is not None else [])]
-    modalities = ["image"] if len(case.images) == 1 else list(CHANNEL_ORDER)
-    roles = [*modalities, *(["label"] if case.label is not None else [])]
-
-    present: list[tuple[str, Path]] = []
-    for role, path in zip(roles, files, strict=True):
-        if path.is_file():
-            present.append((role, path))
-        else:
-            what = "label map" if role == "label" else f"{role} image"
-            problems.append(CaseProblem(case.case_id, _short(path), f"missing {what}"))
-    if not check_readable:
-        return problems
-
-    import numpy as np
-
-    reference: tuple[str, _Geometry] | None = None
-    for role, path in present:
-        try:
-            geometry, data = _read(path, load_data=role == "label")
-        except Exception as err:  # noqa: BLE001 - any failure to read means an unusable file
-            # nibabel, gzip, zlib and ITK each raise their own types (ImageFileError,
-            # EOFError, BadGzipFile, zlib.error, RuntimeError ...).
-            reason = f"cannot read ({type(err).__name__}: {err})".replace("\n", " ")
-            problems.append(CaseProblem(case.case_id, _short(path), reason))
-            continue
-        short = _short(path)
-        shape = _spatial(geometry.shape)
-        if case.layout == "msd" and role == "image":
-            if len(shape) != 4 or shape[3] != len(CHANNEL_ORDER):
-                problems.append(
-                    CaseProblem(
-                        case.case_id,
-                        short,
-                        f"expected a 4D image with {len(CHANNEL_ORDER)} channels "
-                        f"({', '.join(CHANNEL_ORDER)}), got shape {geometry.shape}",
-                    )
-                )
-                continue
-            shape = shape[:3]
-        elif len(shape) != 3:
-            problems.append(
-                CaseProblem(
-                    case.case_id, short, f"expected a 3D volume, got shape {geometry.shape}"
-                )
-            )
-            continue
-        if reference is None:
-            reference = (role, _Geometry(shape, geometry.affine))
-        else:
-            ref_role, ref = reference
-            if shape != ref.shape:
-                problems.append(
-                    CaseProblem(
-                        case.case_id, short, f"shape {shape} differs from {ref_role} {ref.shape}"
-                    )
-                )
-            else:
-                diff = float(np.max(np.abs(geometry.affine - ref.affine)))
-                if diff > _AFFINE_ATOL:
-                    problems.append(
-                        CaseProblem(
-                            case.case_id,
-                            short,
-                            f"affine differs from {ref_role} by up to {diff:.4g} "
-                            f"(tolerance {_AFFINE_ATOL}); the volumes are not co-registered",
-                        )
-                    )
-        if data is not None:
-            illegal = _illegal_label_values(data, convention.legal_values)
-            if illegal:
-                shown = ", ".join(f"{v:g}" for v in illegal[:10])
-                problems.append(
-                    CaseProblem(
-                        case.case_id,
-                        short,
-                        f"label values {{{shown}}} are not legal in the {convention.name} "
-                        f"convention (allowed {sorted(convention.legal_values)})",
-                    )
-                )
-    return problems
 
 
 def parse_modality_suffixes(value: str | Mapping[str, str] | None) -> dict[str, str] | None:
