@@ -45,7 +45,7 @@ class DemoSettings:
     num_train: int = 16
     num_heldout: int = 4
     size: int = 48
-    epochs: int = 60
+    epochs: int = 80
     seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
 
