@@ -17,7 +17,7 @@ import numpy as np
 
 from tumorseg.conventions import CHANNEL_ORDER
 
-__all__ = ["CaseError", "check_headers", "check_voxels", "unreadable_file_error"]
+__all__ = ["CaseError", "check_headers", "check_voxels", "describe_error", "unreadable_file_error"]
 
 # Same tolerance as tumorseg.data.discovery.validate_case: real co-registered BraTS modalities
 # agree to float precision, misregistered ones differ by voxels.
@@ -81,7 +81,9 @@ def check_headers(case_id: str, paths: Sequence[Path]) -> Any | None:
         try:
             img: Any = nib.load(str(path))
         except Exception as err:  # nibabel raises many types for bad headers
-            raise CaseError(case_id, path, f"cannot read the header ({_describe(err)})") from None
+            raise CaseError(
+                case_id, path, f"cannot read the header ({describe_error(err)})"
+            ) from None
         shape = _spatial(tuple(int(s) for s in img.shape))
         if four_d:
             if len(shape) != 4 or shape[3] != len(CHANNEL_ORDER):
@@ -177,10 +179,11 @@ def unreadable_file_error(case_id: str, paths: Sequence[Path], err: BaseExceptio
             img: Any = nib.load(str(path))
             np.asanyarray(img.dataobj)
         except Exception as file_err:  # gzip, zlib, EOF and nibabel errors alike
-            return CaseError(case_id, path, f"cannot read the voxels ({_describe(file_err)})")
-    return CaseError(case_id, paths[0], f"cannot load the study ({_describe(err)})")
+            return CaseError(case_id, path, f"cannot read the voxels ({describe_error(file_err)})")
+    return CaseError(case_id, paths[0], f"cannot load the study ({describe_error(err)})")
 
 
-def _describe(err: BaseException) -> str:
+def describe_error(err: BaseException) -> str:
+    """``<ExceptionType>: <first line of its message>``, for a one-line reason."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

@@ -47,20 +47,18 @@ What one case goes through:
 
 In :meth:`Predictor.predict_folder` steps 1-2 of the next study run in a background thread
 while the current one is in the network.
+
+This module holds the :class:`Predictor` itself; around it are :mod:`.results` (one study
+loaded and segmented), :mod:`.folder` (the folder run, its tables and report) and
+:mod:`.settings` (checks of the settings and of the bundle's pieces).
 """
 
 from __future__ import annotations
 
-import csv
-import errno
 import itertools
-import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,25 +67,32 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
-from monai.transforms import Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged
-from tqdm.auto import tqdm
 
-from tumorseg.conventions import CHANNEL_ORDER, REGIONS, LabelConvention, get_convention, get_layout
-from tumorseg.data.discovery import CaseProblem, discover_cases, parse_modality_suffixes
+from tumorseg.conventions import CHANNEL_ORDER, REGIONS, LabelConvention, get_convention
 from tumorseg.inference.bundle import DATA_FORMATS, DEFAULT_CONVENTION, load_bundle
+from tumorseg.inference.folder import (
+    FolderReport,
+    InferenceFailed,
+    OutputError,
+    segment_nifti_folder,
+)
 from tumorseg.inference.inputs import (
     CaseError,
     check_headers,
     check_voxels,
+    describe_error,
     unreadable_file_error,
 )
 from tumorseg.inference.lgg import LGGInferenceReport, segment_kaggle_3m_folder
-from tumorseg.inference.writer import (
-    label_image,
-    remove_stale_temporaries,
-    write_csv_atomic,
-    write_label_atomic,
-    write_probabilities_atomic,
+from tumorseg.inference.results import LoadedCase, PredictionResult, region_volumes_ml
+from tumorseg.inference.settings import (
+    check_inferer_settings,
+    check_overlap,
+    check_roi_size,
+    check_sw_batch_size,
+    resolve_device,
+    root_cause,
+    split_after_loading,
 )
 from tumorseg.training.checkpoint import load_network_weights
 from tumorseg.transforms import regions_to_labels
@@ -102,299 +107,14 @@ __all__ = [
     "region_volumes_ml",
 ]
 
-logger = logging.getLogger(__name__)
-
-#: Folder under the output folder that holds the probability maps.
-PROBABILITIES_DIR = "probabilities"
-FAILURES_CSV = "failures.csv"
-VOLUMES_CSV = "volumes.csv"
-_VOLUME_COLUMNS = ("case_id", *(f"{r}_ml" for r in REGIONS))
 _THRESHOLD = 0.5
 _AFFINE_ATOL = 1e-4
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 # --------------------------------------------------------------------------------------------
-# results
-# --------------------------------------------------------------------------------------------
-
-
-def region_volumes_ml(
-    label: np.ndarray, affine: np.ndarray, convention: str | LabelConvention
-) -> dict[str, float]:
-    """Volume of each region (``WT``, ``TC``, ``ET``) of a label map, in mL.
-
-    Args:
-        label: integer label map.
-        affine: its voxel-to-world affine (mm); the voxel volume is ``|det(affine[:3, :3])|``.
-        convention: the convention of the label values.
-    """
-    conv = get_convention(convention)
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
-    counts = np.bincount(np.asarray(label, dtype=np.uint8).ravel(), minlength=256)
-    return {r: float(counts[list(conv.region_values(r))].sum()) * voxel_ml for r in REGIONS}
-
-
-@dataclass
-class PredictionResult:
-    """The segmentation of one study, on the study's own voxel grid.
-
-    Attributes:
-        case_id: the study.
-        images: its input files (four in ``CHANNEL_ORDER`` or one 4D file).
-        label: ``(X, Y, Z)`` uint8 label map in ``label_convention``, in the voxel order of the
-            input files.
-        probabilities: ``(3, X, Y, Z)`` float32 region probabilities (``WT``, ``TC``, ``ET``).
-        affine: voxel-to-world affine of the input (nibabel's, RAS mm).
-        header: nibabel header of the first input file (copied into the output), or None
-            for non-NIfTI inputs.
-        label_convention: the convention of ``label``.
-        timings: seconds spent per stage: ``load``, ``preprocess``, ``network``,
-            ``postprocess`` (and ``write`` once saved).
-    """
-
-    case_id: str
-    images: tuple[Path, ...]
-    label: np.ndarray
-    probabilities: np.ndarray
-    affine: np.ndarray
-    header: Any | None
-    label_convention: str
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def volumes_ml(self) -> dict[str, float]:
-        """Volume of ``WT``, ``TC`` and ``ET`` in mL."""
-        return region_volumes_ml(self.label, self.affine, self.label_convention)
-
-    def to_nifti(self) -> Any:
-        """The label map as a nibabel image with the input's header (type and shape changed)."""
-        return label_image(self.label, self.header, self.affine)
-
-    def save(self, output_dir: str | os.PathLike[str], *, save_probabilities: bool = False) -> Path:
-        """Write ``<output_dir>/<case_id>.nii.gz`` (and the probabilities) atomically.
-
-        The probabilities, when asked for, go to ``probabilities/<case_id>.npz`` (float16,
-        see :func:`tumorseg.inference.writer.write_probabilities_atomic`) and are written
-        before the mask, so an existing mask means the case is complete.
-
-        Returns:
-            The mask's path.
-        """
-        start = time.perf_counter()
-        out = Path(output_dir)
-        if save_probabilities:
-            write_probabilities_atomic(
-                out / PROBABILITIES_DIR / f"{self.case_id}.npz",
-                self.probabilities,
-                affine=self.affine,
-                regions=REGIONS,
-            )
-        path = write_label_atomic(out / f"{self.case_id}.nii.gz", self.to_nifti())
-        self.timings["write"] = time.perf_counter() - start
-        return path
-
-
-class InferenceFailed(RuntimeError):
-    """Raised by :meth:`FolderReport.raise_for_failures` when studies failed (after the batch)."""
-
-    def __init__(self, report: FolderReport) -> None:
-        self.report = report
-        lines = [
-            f"{len(report.failed)} of {report.total} studies failed (see "
-            f"{report.output_dir / FAILURES_CSV}):",
-            *(str(f) for f in report.failed),
-        ]
-        super().__init__("\n".join(lines))
-
-
-#: Write errors that will not go away by themselves: the batch stops at the first one.
-_DISK_ERRNOS = {
-    errno.ENOSPC: "free space on that disk (or choose another --output)",
-    errno.EDQUOT: "free space within your quota (or choose another --output)",
-    errno.EROFS: "choose a writable --output folder",
-    errno.EACCES: "make the folder writable or choose a writable --output folder",
-    errno.EPERM: "make the folder writable or choose a writable --output folder",
-}
-
-
-def _write_failure(err: OSError, path: Path) -> str:
-    """``cannot write <path>: <reason> (<errno>); <fix>`` for an output that failed."""
-    code = errno.errorcode.get(err.errno or 0, "")
-    fix = _DISK_ERRNOS.get(err.errno or 0, "check the output folder")
-    return f"cannot write {path}: {err.strerror or err}{f' ({code})' if code else ''}; {fix}"
-
-
-class OutputError(OSError):
-    """The output could not be written (full disk, read-only folder): the batch stopped.
-
-    What was written before is complete and kept; rerunning the same command after the fix
-    skips it.
-
-    Attributes:
-        report: what was done before the batch stopped (None when it stopped before any
-            study).
-    """
-
-    def __init__(self, message: str, *, code: int | None, report: FolderReport | None) -> None:
-        super().__init__(code, message)
-        self.message = message
-        self.report = report
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class _SaveFailed(Exception):
-    def __init__(self, err: OSError, path: Path) -> None:
-        self.err = err
-        self.path = path
-
-
-@dataclass
-class FolderReport:
-    """What :meth:`Predictor.predict_folder` did.
-
-    Attributes:
-        output_dir: where the masks, ``volumes.csv`` and ``failures.csv`` are.
-        written: case ids segmented and written by this run.
-        skipped: case ids whose mask already existed (not recomputed).
-        failed: studies that could not be segmented, with file and reason.
-        timings: seconds per stage summed over the written cases.
-        seconds: wall-clock seconds of the whole run.
-    """
-
-    output_dir: Path
-    written: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[CaseProblem] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def total(self) -> int:
-        return len(self.written) + len(self.skipped) + len(self.failed)
-
-    @property
-    def ok(self) -> bool:
-        """True when no study failed."""
-        return not self.failed
-
-    def raise_for_failures(self) -> FolderReport:
-        """Raise :class:`InferenceFailed` if any study failed; return ``self`` otherwise."""
-        if self.failed:
-            raise InferenceFailed(self)
-        return self
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.written)} written, {len(self.skipped)} skipped (already done), "
-            f"{len(self.failed)} failed; in {self.seconds:.1f} s -> {self.output_dir}"
-        )
-
-
-@dataclass
-class LoadedCase:
-    """A study after loading and preprocessing, ready for :meth:`Predictor.predict_loaded`.
-
-    Attributes:
-        case_id: the study.
-        paths: its input files.
-        header: nibabel header of the first file (None for non-NIfTI inputs).
-        data: the bundle's preprocessing output (``data[image_key]`` is the cropped,
-            normalised MetaTensor that remembers how to invert its geometry).
-        timings: seconds of ``load`` and ``preprocess``.
-    """
-
-    case_id: str
-    paths: tuple[Path, ...]
-    header: Any | None
-    data: dict[str, Any]
-    timings: dict[str, float]
-
-
-# --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _check_roi_size(value: Any, ndim: int) -> list[int]:
-    """``ndim`` positive sizes: 3 for a 3D bundle, 2 for a slice-wise bundle's in-plane window."""
-    try:
-        sizes = [int(v) for v in value]
-        ok = len(sizes) == ndim and all(s > 0 and s == v for s, v in zip(sizes, value, strict=True))
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"roi_size must be {ndim} positive integers for this bundle, got {value!r}"
-        )
-    return sizes
-
-
-def _check_sw_batch_size(value: Any, name: str = "sw_batch_size") -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _split_after_loading(preprocessing: Any) -> tuple[Compose, Compose]:
-    """The preprocessing as (loading, the rest): the voxels are checked in between."""
-    transforms = list(getattr(preprocessing, "transforms", ()))
-    n_load = 0
-    while n_load < len(transforms) and isinstance(
-        transforms[n_load], LoadImaged | EnsureChannelFirstd
-    ):
-        n_load += 1
-    if n_load == 0:
-        raise ValueError(
-            "the bundle's preprocessing must be a Compose that starts with LoadImaged; got "
-            f"{type(transforms[0]).__name__ if transforms else repr(preprocessing)}"
-        )
-    if not any(isinstance(t, CropForegroundd) for t in transforms):
-        logger.warning(
-            "the bundle's preprocessing has no CropForegroundd: the sliding window will "
-            "also run over the background around the brain"
-        )
-    return Compose(transforms[:n_load]), Compose(transforms[n_load:])
-
-
-def _check_inferer_settings(inferer: Any, explicit: Mapping[str, Any]) -> None:
-    """Settings asked for explicitly must have reached the inferer (it reads them by id)."""
-    for key, value in explicit.items():
-        got = getattr(inferer, key)
-        same = list(got) == list(value) if key == "roi_size" else got == value
-        if not same:
-            raise ValueError(
-                f"the bundle's inferer does not take {key} from @{key} (it has {got!r}, "
-                f"asked for {value!r}); set it in the bundle config instead"
-            )
-
-
-def _root_cause(err: BaseException) -> BaseException | None:
-    """The innermost cause of MONAI's nested 'Failed to instantiate component' errors."""
-    cause = err.__cause__
-    while cause is not None and isinstance(cause, RuntimeError) and cause.__cause__ is not None:
-        cause = cause.__cause__
-    return cause
-
-
-def _check_overlap(value: Any) -> float:
-    try:
-        overlap = float(value)
-    except (TypeError, ValueError):
-        overlap = -1.0
-    if isinstance(value, bool) or not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be a number in [0, 1), got {value!r}")
-    return overlap
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here")
-    return dev
 
 
 def _as_paths(
@@ -422,34 +142,12 @@ def _default_case_id(paths: Sequence[Path]) -> str:
     return paths[0].parent.name
 
 
-def _describe(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
 def _mirror_axes(tta: bool) -> list[tuple[int, ...]]:
     """Spatial axes to flip, per pass: just the identity, or all 8 mirrorings."""
     if not tta:
         return [()]
     spatial = (2, 3, 4)
     return [c for n in range(4) for c in itertools.combinations(spatial, n)]
-
-
-def _read_volume_rows(path: Path) -> dict[str, list[str]]:
-    if not path.is_file():
-        return {}
-    try:
-        with path.open(newline="") as f:
-            rows = list(csv.reader(f))
-    except OSError:
-        return {}
-    if not rows or tuple(rows[0]) != _VOLUME_COLUMNS:
-        return {}
-    return {r[0]: r for r in rows[1:] if len(r) == len(_VOLUME_COLUMNS)}
-
-
-def _volume_row(case_id: str, volumes: Mapping[str, float]) -> list[str]:
-    return [case_id, *(f"{volumes[r]:.4f}" for r in REGIONS)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,17 +214,17 @@ class Predictor:
         if data_format not in DATA_FORMATS:
             raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
         self.data_format = data_format
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.amp = self.device.type == "cuda" if amp is None else bool(amp)
         self.tta = bool(tta)
         self.image_key = image_key
         self.threshold = float(threshold)
-        self.batch_size = _check_sw_batch_size(batch_size, "batch_size")
+        self.batch_size = check_sw_batch_size(batch_size, "batch_size")
         self.preprocessing = preprocessing
         self.inferer: Any = inferer  # a SlidingWindowInferer for NIfTI studies
         self.postprocessing = postprocessing
         if data_format == "nifti":
-            self._load, self._preprocess = _split_after_loading(preprocessing)
+            self._load, self._preprocess = split_after_loading(preprocessing)
             if not isinstance(inferer, SlidingWindowInferer):
                 raise ValueError(
                     f"the bundle's inferer is a {type(inferer).__name__}; inference of NIfTI "
@@ -627,14 +325,14 @@ class Predictor:
         explicit: dict[str, Any] = {}
         if roi_size is not None:
             bundle_roi = config.get_parsed_content("roi_size") if "roi_size" in config else ()
-            explicit["roi_size"] = _check_roi_size(roi_size, len(bundle_roi) or 3)
+            explicit["roi_size"] = check_roi_size(roi_size, len(bundle_roi) or 3)
         if sw_batch_size is not None:
-            explicit["sw_batch_size"] = _check_sw_batch_size(sw_batch_size)
+            explicit["sw_batch_size"] = check_sw_batch_size(sw_batch_size)
         if overlap is not None:
-            explicit["overlap"] = _check_overlap(overlap)
+            explicit["overlap"] = check_overlap(overlap)
         for key, value in explicit.items():
             config[key] = value
-        config["device"] = _resolve_device(device)
+        config["device"] = resolve_device(device)
         if tta is not None:
             config["tta"] = bool(tta)
         if amp is not None:
@@ -648,7 +346,7 @@ class Predictor:
             predictor = config.get_parsed_content("evaluator")
         except RuntimeError as err:
             # MONAI says only "Failed to instantiate component"; the cause says what is wrong.
-            cause = _root_cause(err)
+            cause = root_cause(err)
             if isinstance(cause, FileNotFoundError | ValueError):
                 raise cause from None
             raise ValueError(
@@ -660,7 +358,7 @@ class Predictor:
                 f"the bundle's evaluator is a {type(predictor).__name__}, not a Predictor"
             )
         if predictor.data_format == "nifti":
-            _check_inferer_settings(predictor.inferer, explicit)
+            check_inferer_settings(predictor.inferer, explicit)
         return predictor
 
     # -- settings, for reports ---------------------------------------------------------------
@@ -704,7 +402,9 @@ class Predictor:
         try:
             data = self._preprocess(data)
         except Exception as err:
-            raise CaseError(case_id, paths[0], f"preprocessing failed ({_describe(err)})") from err
+            raise CaseError(
+                case_id, paths[0], f"preprocessing failed ({describe_error(err)})"
+            ) from err
         done = time.perf_counter()
         timings = {"load": loaded - start, "preprocess": done - loaded}
         return LoadedCase(case_id, paths, header, data, timings)
@@ -880,126 +580,18 @@ class Predictor:
                     "save_probabilities": save_probabilities or None,
                 },
             )
-        start = time.perf_counter()
-        if not str(input_dir):
-            raise ValueError(
-                "no input folder given (tumorseg infer --input, inference.json --dataset_dir)"
-            )
-        fixed = get_convention(label_convention).name if label_convention else None
-        suffixes = parse_modality_suffixes(modality_suffixes)
-        cases = discover_cases(Path(input_dir), layout=layout, modality_suffixes=suffixes)
-        out = Path(output_dir)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OutputError(_write_failure(err, out), code=err.errno, report=None) from None
-        for folder in (out, out / PROBABILITIES_DIR):
-            for stale in remove_stale_temporaries(folder):
-                logger.info("removed %s, left by an interrupted run", stale)
-
-        report = FolderReport(output_dir=out)
-        old_rows = _read_volume_rows(out / VOLUMES_CSV)
-        rows: dict[str, list[str]] = {}
-        todo = []
-        for case in cases:
-            mask = out / f"{case.case_id}.nii.gz"
-            probs = out / PROBABILITIES_DIR / f"{case.case_id}.npz"
-            done = mask.is_file() and (not save_probabilities or probs.is_file())
-            if done and not overwrite:
-                report.skipped.append(case.case_id)
-                rows[case.case_id] = old_rows.get(case.case_id) or self._volume_row_of(
-                    case.case_id, mask, fixed or self._layout_convention(case.layout)
-                )
-            else:
-                todo.append(case)
-
-        def write_tables() -> None:
-            order = [c.case_id for c in cases if c.case_id in rows]
-            failed = [(f.case_id, f.file, f.reason) for f in report.failed]
-            for name, header, table in (
-                (VOLUMES_CSV, _VOLUME_COLUMNS, [rows[c] for c in order]),
-                (FAILURES_CSV, ("case_id", "file", "reason"), failed),
-            ):
-                try:
-                    write_csv_atomic(out / name, header, table)
-                except OSError as err:
-                    raise _SaveFailed(err, out / name) from None
-
-        try:
-            write_tables()
-        except _SaveFailed as failed:  # nothing done yet: the folder cannot be used
-            raise OutputError(
-                _write_failure(failed.err, failed.path), code=failed.err.errno, report=None
-            ) from None
-        stopped: _SaveFailed | None = None
-        bar = tqdm(
-            total=len(todo), desc="infer", unit="case", disable=not progress, file=sys.stderr
+        return segment_nifti_folder(
+            input_dir,
+            output_dir,
+            load_case=self.load_case,
+            predict_loaded=self.predict_loaded,
+            label_convention=label_convention,
+            modality_suffixes=modality_suffixes,
+            layout=layout,
+            overwrite=overwrite,
+            save_probabilities=save_probabilities,
+            progress=progress,
         )
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tumorseg-load")
-        try:
-
-            def submit(i: int) -> Future | None:
-                if i >= len(todo):
-                    return None
-                case = todo[i]
-                if case.issues:
-                    return None  # reported below without loading
-                return pool.submit(self.load_case, case.images, case_id=case.case_id)
-
-            upcoming = submit(0)
-            for i, case in enumerate(todo):
-                current, upcoming = upcoming, submit(i + 1)
-                try:
-                    if case.issues:
-                        problem = case.issues[0]
-                        raise CaseError(case.case_id, problem.file, problem.reason)
-                    assert current is not None
-                    loaded = current.result()
-                    conv = fixed or self._layout_convention(case.layout)
-                    result = self.predict_loaded(loaded, label_convention=conv)
-                    try:
-                        result.save(out, save_probabilities=save_probabilities)
-                    except OSError as err:  # the output's fault, not the study's
-                        raise _SaveFailed(err, out / f"{case.case_id}.nii.gz") from None
-                    rows[case.case_id] = _volume_row(case.case_id, result.volumes_ml())
-                    report.written.append(case.case_id)
-                    for stage, seconds in result.timings.items():
-                        report.timings[stage] = report.timings.get(stage, 0.0) + seconds
-                except _SaveFailed as failed:
-                    reason = _write_failure(failed.err, failed.path).split(": ", 1)[1]
-                    self._fail(report, CaseProblem(case.case_id, str(failed.path), reason), bar)
-                    if failed.err.errno in _DISK_ERRNOS:
-                        stopped = failed
-                except CaseError as err:
-                    self._fail(report, CaseProblem(err.case_id, err.file, err.reason), bar)
-                except Exception as err:  # one bad study must not stop the batch
-                    logger.debug("case %s failed", case.case_id, exc_info=True)
-                    file = str(case.images[0]) if case.images else ""
-                    self._fail(report, CaseProblem(case.case_id, file, _describe(err)), bar)
-                bar.update(1)
-                try:
-                    write_tables()
-                except _SaveFailed as failed:
-                    stopped = stopped or failed
-                    _report_unrecorded(report, failed, bar)
-                if stopped is not None:
-                    break
-        finally:
-            bar.close()
-            # A KeyboardInterrupt must not wait for the study being loaded ahead.
-            pool.shutdown(wait=False, cancel_futures=True)
-        report.seconds = time.perf_counter() - start
-        if stopped is not None:
-            left = len(todo) - len(report.written) - len(report.failed)
-            raise OutputError(
-                f"{_write_failure(stopped.err, stopped.path)}. The batch stopped: "
-                f"{len(report.written)} studies written and kept, {len(report.failed)} failed, "
-                f"{left} not done; rerun the same command once fixed (finished studies are "
-                "skipped)",
-                code=stopped.err.errno,
-                report=report,
-            )
-        return report
 
     def _predict_kaggle_3m_folder(
         self,
@@ -1030,37 +622,6 @@ class Predictor:
             batch_size=self.batch_size,
             overwrite=overwrite,
         )
-
-    @staticmethod
-    def _layout_convention(layout: str) -> str:
-        try:
-            return get_layout(layout).label_convention
-        except ValueError:
-            return DEFAULT_CONVENTION  # custom naming: the BraTS submission numbers
-
-    @staticmethod
-    def _volume_row_of(case_id: str, mask: Path, convention: str) -> list[str]:
-        """Volumes of an existing mask (a case done by an earlier, interrupted run)."""
-        import nibabel as nib
-
-        img: Any = nib.load(str(mask))
-        label = np.asanyarray(img.dataobj)
-        return _volume_row(case_id, region_volumes_ml(label, img.affine, convention))
-
-    @staticmethod
-    def _fail(report: FolderReport, failure: CaseProblem, bar: Any) -> None:
-        report.failed.append(failure)
-        bar.write(f"FAILED {failure}", file=sys.stderr)
-
-
-def _report_unrecorded(report: FolderReport, failed: _SaveFailed, bar: Any) -> None:
-    """The tables cannot be written: the failures go to stderr instead (nothing is lost)."""
-    bar.write(
-        f"could not write {failed.path} ({failed.err.strerror or failed.err}); "
-        f"{len(report.failed)} failure(s) not recorded in {FAILURES_CSV}"
-        + (", listed above" if report.failed else ""),
-        file=sys.stderr,
-    )
 
 
 def _labels(
