@@ -209,7 +209,7 @@ def test_peak_memory_while_refusing_a_2000_cubed_header(
         t.start()
     for t in threads:
         t.join(60)
-    assert sorted(set(results)) <= [400, 413, 429], results
+    assert set(results) <= {400, 413, 429}, results  # a set: any subset of these answers
     peak = served.status("VmHWM")
     above = (peak - idle) / 2**20
     print(f"viewer RSS peak after 10 concurrent in-cap bombs: {above:.1f} MiB above idle")
@@ -294,6 +294,9 @@ def test_bounded_load_with_hostile_uploads(
 ) -> None:
     served = spawn(max_upload_mb=4, request_timeout=2.0, body_timeout=10.0, max_pending_jobs=4)
     before = {p.relative_to(outputs) for p in outputs.rglob("*")}
+    # Import-time caches of the libraries the process loads (matplotlib's font list, MLflow's
+    # config, through MONAI) are there before the first request; the load must add nothing.
+    elsewhere_before = {p for folder in served.elsewhere for p in folder.rglob("*")}
     _warm_up(served, new_study)
     baseline_threads = served.threads()
     idle = served.status("VmRSS")
@@ -354,8 +357,8 @@ def test_bounded_load_with_hostile_uploads(
     peak = served.status("VmHWM")
 
     # Written: only masks and uploaded studies in the output folder, nothing anywhere else.
-    for folder in served.elsewhere:
-        assert not list(folder.rglob("*")), (folder, list(folder.rglob("*"))[:5])
+    elsewhere_after = {p for folder in served.elsewhere for p in folder.rglob("*")}
+    assert elsewhere_after == elsewhere_before, sorted(elsewhere_after - elsewhere_before)[:5]
     new = {p.relative_to(outputs) for p in outputs.rglob("*")} - before
     upload_ids = {c["case_id"] for c in uploads}
     expected = {Path("uploads")} | {Path(f"{c}.nii.gz") for c in upload_ids}
