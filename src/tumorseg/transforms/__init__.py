@@ -7,12 +7,10 @@ from tumorseg.transforms.labels import (
     LabelsToRegionsd,
     RegionsToLabels,
     RegionsToLabelsd,
-    TumourMaskd,
     labels_to_regions,
     regions_to_labels,
-    tumour_mask,
 )
-from tumorseg.transforms.masks import BrainMaskd, brain_mask
+from tumorseg.transforms.masks import BrainMaskd, TumourMaskd, brain_mask, tumour_mask
 from tumorseg.transforms.post import remove_isolated_false_positives
 
 __all__ = [

@@ -24,8 +24,6 @@ __all__ = [
     "LabelsToRegionsd",
     "RegionsToLabels",
     "RegionsToLabelsd",
-    "TumourMaskd",
-    "tumour_mask",
 ]
 
 ArrayLike = Any  # np.ndarray | torch.Tensor (MetaTensor included)
@@ -202,52 +200,4 @@ class RegionsToLabelsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
-        return d
-
-
-def tumour_mask(regions: ArrayLike) -> ArrayLike:
-    """One channel that is 1 wherever any region is: the tumour as a whole.
-
-    MONAI's label-driven crops (``RandCropByPosNegLabeld``, ``FgBgToIndicesd``) read a label
-    with several channels as one-hot and drop channel 0, which for nested region channels is
-    the whole tumour: edema-only tumour would count as background. Give them this mask as
-    ``label_key`` instead.
-
-    Args:
-        regions: channel-first ``(C, *spatial)`` region channels (numpy or torch).
-
-    Returns:
-        ``(1, *spatial)`` uint8 mask of the same array type.
-
-    Raises:
-        ValueError: ``regions`` has no channel axis (the shape is shown).
-    """
-    if regions.ndim < 2:
-        raise ValueError(f"expected channel-first regions (C, ...), got {tuple(regions.shape)}")
-    if isinstance(regions, torch.Tensor):
-        return (regions != 0).any(dim=0, keepdim=True).to(torch.uint8)
-    return np.any(np.asarray(regions) != 0, axis=0, keepdims=True).astype(np.uint8)
-
-
-class TumourMaskd(MapTransform):
-    """Dictionary form of :func:`tumour_mask`, written to ``output_key`` (input kept).
-
-    Args:
-        keys: the key of the region channels (one key).
-        output_key: where the mask goes.
-        allow_missing_keys: skip a missing key instead of raising.
-    """
-
-    def __init__(
-        self, keys: KeysCollection, *, output_key: str, allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if len(self.keys) != 1:
-            raise ValueError(f"TumourMaskd takes one key, got {list(self.keys)}")
-        self.output_key = output_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.output_key] = tumour_mask(d[key])
         return d
