@@ -29,14 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _bundle_run import run_bundle_workflow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_segmentation"
 SIZE = 48
@@ -123,24 +122,6 @@ def _write_sets(root: Path) -> tuple[Path, dict[str, str]]:
     return path, heldout
 
 
-def _train(configs: list[Path], overrides: dict[str, Any], log: Path) -> float:
-    cfg = BUNDLE / "configs"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training"]
-    cmd += ["--meta_file", str(cfg / "metadata.json")]
-    cmd += ["--config_file", repr([str(c) for c in configs])]
-    cmd += ["--logging_file", str(cfg / "logging.conf")]
-    for key, value in overrides.items():
-        text = json.dumps(value, separators=(",", ":")) if isinstance(value, list) else str(value)
-        cmd += [f"--{key}", text]
-    start = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-30:])
-        raise RuntimeError(f"training failed (exit {done.returncode}); log {log}:\n{tail}")
-    return time.perf_counter() - start
-
-
 def _score(pred_dir: Path, heldout_dir: Path, kinds: dict[str, str]) -> dict[str, Any]:
     """False-positive voxels per kind and BraTS-rule Dice per region over all held-out cases."""
     import nibabel as nib
@@ -201,7 +182,9 @@ def run(workdir: str = "", epochs: int = EPOCHS) -> str:
         for i, (arm, configs) in enumerate(arms.items()):
             out = work / f"arm{i}"
             print(f"[region-loss] training {arm} ({epochs} epochs)", flush=True)
-            walls[arm] = _train(
+            walls[arm] = run_bundle_workflow(
+                BUNDLE,
+                "training",
                 configs,
                 {
                     **COMMON,

@@ -33,12 +33,12 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _bundle_run import run_bundle_workflow
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_segmentation"
 EXPERIMENT = "tumorseg-transfer-bench"
@@ -98,30 +98,6 @@ def _dataset(root: Path, *, train: int, val: int, seed: int, shifted: bool) -> P
     return path
 
 
-def _bundle_run(workflow: str, configs: list[str], overrides: dict[str, Any], log: Path) -> float:
-    """Run one bundle workflow in a child process (MONAI's runner configures global logging
-    from logging.conf, which must not leak into this process); returns its wall seconds."""
-    cfg = BUNDLE / "configs"
-    files = [str(cfg / name) for name in configs]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", workflow]
-    cmd += ["--meta_file", str(cfg / "metadata.json")]
-    cmd += ["--config_file", files[0] if len(files) == 1 else repr(files)]
-    cmd += ["--logging_file", str(cfg / "logging.conf")]
-    for key, value in overrides.items():
-        # JSON lists are Python literals the CLI parses back; no spaces, except inside strings.
-        cmd += [
-            f"--{key}",
-            json.dumps(value, separators=(",", ":")) if isinstance(value, list) else str(value),
-        ]
-    start = time.perf_counter()
-    with log.open("w") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False)
-    if done.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-30:])
-        raise RuntimeError(f"{workflow} failed (exit {done.returncode}); log {log}:\n{tail}")
-    return time.perf_counter() - start
-
-
 def _curve(client: Any, experiment_id: str, run_name: str, metric: str) -> dict[int, float]:
     """``{step (epoch): value}`` of ``metric`` in the run called ``run_name``."""
     runs = client.search_runs(
@@ -177,7 +153,8 @@ def run(tracking_uri: str = "", workdir: str = "") -> str:
         walls: dict[str, float] = {}
 
         print(f"[transfer] pretraining ({PRETRAIN_CASES} cases x {PRETRAIN_EPOCHS} epochs)")
-        walls["pretrain"] = _bundle_run(
+        walls["pretrain"] = run_bundle_workflow(
+            BUNDLE,
             "training",
             ["train.json"],
             {
@@ -197,7 +174,8 @@ def run(tracking_uri: str = "", workdir: str = "") -> str:
 
         target_data = {"dataset_dir": str(target.parent), "datalist": str(target)}
         print("[transfer] zero-shot: the pretrained model on the shifted validation cases")
-        walls["zero-shot"] = _bundle_run(
+        walls["zero-shot"] = run_bundle_workflow(
+            BUNDLE,
             "evaluating",
             ["train.json", "evaluate.json"],
             {
@@ -218,7 +196,8 @@ def run(tracking_uri: str = "", workdir: str = "") -> str:
             ("scratch", ["train.json"], {"learning_rate": SCRATCH_LR}),
         ):
             print(f"[transfer] {arm} ({TARGET_CASES} shifted cases x {FINETUNE_EPOCHS} epochs)")
-            walls[arm] = _bundle_run(
+            walls[arm] = run_bundle_workflow(
+                BUNDLE,
                 "training",
                 configs,
                 {
