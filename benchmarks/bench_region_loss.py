@@ -37,9 +37,21 @@ from typing import Any
 import numpy as np
 from _bundle_run import run_bundle_workflow
 
+from tumorseg.demo import DemoSettings
+
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "brats_mri_segmentation"
 SIZE = 48
 SEED = 0
+#: Settings shared with the demo.
+DEMO_KEYS = (
+    "roi_size",
+    "filters",
+    "batch_size",
+    "num_samples",
+    "cache_rate",
+    "num_workers",
+    "learning_rate",
+)
 #: (kind, training cases, validation cases, held-out cases)
 KINDS: tuple[tuple[str, int, int, int], ...] = (
     ("glioma", 6, 2, 4),
@@ -55,15 +67,10 @@ OLD_LOSS: dict[str, Any] = {
     "smooth_dr": 1e-05,
     "squared_pred": True,
 }
-#: The demo's small settings (see tumorseg.demo.DemoSettings).
+#: The demo's small settings, taken from it (tumorseg.demo.DemoSettings) so the two stay alike.
+_DEMO = DemoSettings().bundle_overrides()
 COMMON: dict[str, Any] = {
-    "roi_size": [32, 32, 32],
-    "filters": [8, 16, 32, 64, 128],
-    "batch_size": 2,
-    "num_samples": 4,
-    "cache_rate": 1.0,
-    "num_workers": 0,
-    "learning_rate": 0.003,
+    **{key: _DEMO[key] for key in DEMO_KEYS},
     "seed": SEED,
     "log_mlflow": False,
 }
