@@ -1,7 +1,9 @@
 """Transforms MONAI lacks: label maps <-> region channels for every convention, the tumour
 and brain masks that MONAI's label-driven crops need (positive centres on any tumour,
-negative centres anywhere in the brain), and the 3D clean-up of slice-wise predictions."""
+negative centres anywhere in the brain), a missing-sequence augmentation, and the 3D clean-up
+of slice-wise predictions."""
 
+from tumorseg.transforms.channels import RandCopyChanneld, copy_channel
 from tumorseg.transforms.labels import (
     LabelsToRegions,
     LabelsToRegionsd,
@@ -17,10 +19,12 @@ __all__ = [
     "BrainMaskd",
     "LabelsToRegions",
     "LabelsToRegionsd",
+    "RandCopyChanneld",
     "RegionsToLabels",
     "RegionsToLabelsd",
     "TumourMaskd",
     "brain_mask",
+    "copy_channel",
     "labels_to_regions",
     "regions_to_labels",
     "remove_isolated_false_positives",
