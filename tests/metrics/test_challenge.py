@@ -448,3 +448,30 @@ def test_manifest_recognises_brats2024_by_the_resection_cavity(
 
         with pytest.raises(DatasetError, match=r"\{4\}.*brats2023"):
             build_manifest(tmp_path, num_folds=2, label_convention="brats2023")
+
+
+def test_2023_layout_references_read_as_2024_but_a_predicted_4_must_be_declared(
+    tmp_path: Path,
+) -> None:
+    case = "BraTS-GLI-00001-000"
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[2:8, 2:8, 2:8] = 4  # resection cavity
+    label[10:18, 10:18, 10:18] = 2
+    label[12:16, 12:16, 12:16] = 3
+    _save(label, nib.Nifti1Image(label, np.eye(4)), tmp_path / "ref" / case / f"{case}-seg.nii.gz")
+    _save(label, nib.Nifti1Image(label, np.eye(4)), tmp_path / "pred" / f"{case}.nii.gz")
+    with pytest.raises(EvaluationError, match=r"prediction .* holds label 4"):
+        evaluate_challenge(
+            tmp_path / "pred", tmp_path / "ref", challenge="gli", num_workers=0, progress=False
+        )
+    result = evaluate_challenge(
+        tmp_path / "pred",
+        tmp_path / "ref",
+        challenge="gli",
+        pred_convention="brats2024",
+        num_workers=0,
+        progress=False,
+    )
+    assert result.info["reference_convention"] == "brats2024"
+    row = result.per_case.iloc[0]
+    assert row["all_instance_tp_rc"] == 1 and row["global_dsc_rc"] == 1.0

@@ -20,11 +20,13 @@ For each case it
    the package's.
 
 Label 4 is enhancing tumour in the BraTS 2018-2021 convention and the resection cavity in
-``brats2024``. Both conventions are therefore never guessed: a prediction or reference is in
-the convention given (``convention``/``pred_convention``, the manifest's or the dataset
-layout's), else in the configuration's own numbering, and then a file holding label 4 is
-refused for the configurations where 4 is not enhancing tumour (``gli``, ``mets``, ``ped``):
-a 2021-convention mask is converted (4 -> 3) or refused, never scored as RC. A reference
+``brats2024``. Both conventions are therefore never guessed: a reference is in the convention
+given (``convention``), the manifest's or the dataset layout's, else in the configuration's own
+numbering; a prediction in the one given (``pred_convention``, ``convention``), else the
+references' found one where 4 can only be enhancing tumour, else the configuration's own
+numbering. A map read in the configuration's own numbering without a declaration is refused if
+it holds label 4 where 4 is not enhancing tumour (``gli``, ``mets``, ``ped``): a
+2021-convention mask is converted (4 -> 3) or refused, never scored as RC. A reference
 folder in the BraTS 2023+ file layout is read in ``brats2024`` numbering for ``gli``/``mets``
 (the 2024 data keep the 2023 file names; labels 1-3 are the same in both).
 
@@ -316,8 +318,9 @@ def _evaluate(pred: Any, ref: Any, case_id: str, challenge: str) -> dict[str, An
     brats_evaluation, _ = load_challenge_package()
     evaluator = challenge_evaluator(challenge)
     with tempfile.TemporaryDirectory(prefix="tumorseg-challenge-") as tmp:
-        # Uncompressed: the files live for one call, and gzip would cost more than scoring.
-        pred_file, ref_file = Path(tmp) / "prediction.nii", Path(tmp) / "reference.nii"
+        # Compressed: nibabel memory-maps an uncompressed .nii, and panoptica then works on
+        # memmap arrays, measured slower than the cost of gzip (docs/benchmarks.md).
+        pred_file, ref_file = Path(tmp) / "prediction.nii.gz", Path(tmp) / "reference.nii.gz"
         nib.save(pred, str(pred_file))
         nib.save(ref, str(ref_file))
         with _quiet():
@@ -510,7 +513,12 @@ def evaluate_challenge(
             ``pred_convention``); ``None`` takes the manifest's or the dataset layout's, else
             the configuration's own numbering (a map holding an undeclared label 4 is then
             refused for ``gli``, ``mets`` and ``ped``).
-        pred_convention: label convention of the predictions when it differs.
+        pred_convention: label convention of the predictions when it differs. Without it
+            (and without ``convention``) the predictions take the references' found
+            convention only where label 4 can mean nothing but enhancing tumour
+            (``brats2021``, ``brats2023``, ``msd``); otherwise they are read in the
+            configuration's numbering and a predicted 4 is refused, so a 2021-trained
+            model's enhancing tumour is never scored as resection cavity.
         output_dir: where to write the reports; nothing is written when ``None``.
         num_workers: worker processes; ``None`` picks ``min(cpu count, cases, 8)``, ``0`` or
             ``1`` scores in this process.
@@ -542,7 +550,14 @@ def evaluate_challenge(
         if convention is not None
         else _resolve_reference_convention(found, target)
     )
-    pred_conv = get_convention(pred_convention).name if pred_convention is not None else ref_conv
+    declared = pred_convention if pred_convention is not None else convention
+    pred_conv: str | None
+    if declared is not None:
+        pred_conv = get_convention(declared).name
+    elif ref_conv is not None and not _forbidden_four(get_convention(ref_conv)):
+        pred_conv = ref_conv  # the references' convention, found, where 4 can only be ET
+    else:
+        pred_conv = None  # only a declaration makes a predicted 4 a resection cavity
     pairs = pair_challenge_cases(predictions, references)
     missing = sorted(set(references) - set(pairs))
     used = {p.name for p in pairs.values()}
