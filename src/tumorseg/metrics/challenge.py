@@ -318,8 +318,8 @@ def _evaluate(pred: Any, ref: Any, case_id: str, challenge: str) -> dict[str, An
     brats_evaluation, _ = load_challenge_package()
     evaluator = challenge_evaluator(challenge)
     with tempfile.TemporaryDirectory(prefix="tumorseg-challenge-") as tmp:
-        # Compressed: nibabel memory-maps an uncompressed .nii, and panoptica then works on
-        # memmap arrays, measured slower than the cost of gzip (docs/benchmarks.md).
+        # Compressed, as the package's users hand it files: an uncompressed .nii would be
+        # memory-mapped by nibabel; gzip costs about 0.25 s per map (docs/benchmarks.md).
         pred_file, ref_file = Path(tmp) / "prediction.nii.gz", Path(tmp) / "reference.nii.gz"
         nib.save(pred, str(pred_file))
         nib.save(ref, str(ref_file))
