@@ -18,6 +18,12 @@ The BraTS bundles select their best model and stop early on ``val_mean_dice`` of
 the BraTS rule for empty masks (both empty: 1; empty reference, non-empty prediction: 0), the
 number ``tumorseg evaluate`` reports. MONAI's ``MeanDice``, which they used before, leaves
 empty references out, so predicting ET on every ET-free case cost nothing there.
+
+:class:`ChallengeMetric` and :class:`ChallengeMetricHandler` are the same for a BraTS 2024+
+configuration of the official ``brats-evaluation`` package (``tumorseg[brats]``): each sample's
+region channels become a label map in that configuration's numbering and are scored by the
+package, so a model can be selected on, say, ``val_mean_lesionwise_dsc_mean`` (lesion-wise DSC
+over WT, TC and ET), the numbers ``tumorseg evaluate --challenge`` gives.
 """
 
 from __future__ import annotations
