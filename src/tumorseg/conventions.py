@@ -5,18 +5,30 @@ Every other module takes its tables from here, so a new convention or layout is 
 Label classes are named by what they are, not by their number, because the numbers differ
 between datasets:
 
-========== ============================ ======== ======== ========
-class      meaning                      brats2021 brats2023 msd
-========== ============================ ======== ======== ========
-``NCR``    necrotic / non-enhancing core    1        1        2
-``ED``     peritumoural edema (SNFH)        2        2        1
-``ET``     enhancing tumour                 4        3        3
-========== ============================ ======== ======== ========
+========== ============================== ========= ========= ===== ========= ============
+class      meaning                        brats2021 brats2023 msd   brats2024 brats2024ped
+========== ============================== ========= ========= ===== ========= ============
+``NCR``    necrotic / non-enhancing core  1         1         2     1 (NETC)  2 (NETC)
+``ED``     peritumoural edema (SNFH)      2         2         1     2 (SNFH)  4 (ED)
+``ET``     enhancing tumour               4         3         3     3         1
+``RC``     resection cavity               -         -         -     4         -
+``CC``     cystic component               -         -         -     -         3
+========== ============================== ========= ========= ===== ========= ============
 
-``brats2021`` covers the BraTS 2018-2021 challenges, ``brats2023`` the BraTS 2023+ ones and
-``msd`` the Medical Segmentation Decathlon Task01 (1 edema, 2 non-enhancing, 3 enhancing).
+``brats2021`` covers the BraTS 2018-2021 challenges, ``brats2023`` the BraTS 2023 ones (and
+the 2024+ tasks without a resection cavity: pre-operative meningioma, ``GoAT``), ``msd`` the
+Medical Segmentation Decathlon Task01 (1 edema, 2 non-enhancing, 3 enhancing), ``brats2024``
+the BraTS 2024+ post-operative adult glioma and metastasis tasks (label 4 is the resection
+cavity, **not** enhancing tumour as in ``brats2021``), ``brats2024ped`` the BraTS 2024+
+paediatric task and ``brats2024menrt`` the meningioma radiotherapy task (1 GTV).
 Training is region based: whole tumour ``WT = NCR+ED+ET``, tumour core ``TC = NCR+ET`` and
-``ET``, as sigmoid channels in that order.
+``ET``, as sigmoid channels in that order; the resection cavity is part of no region, and the
+paediatric cystic component is part of TC and WT.
+
+:func:`convert_labels` moves a label map between conventions by class name. A class the target
+lacks becomes background when it belongs to no region (the resection cavity going to
+``brats2021``, ``brats2023`` or ``msd``: WT, TC and ET are unchanged) and is an error when it
+belongs to one (the cystic component, the GTV), since dropping it would change a region.
 
 The manifest fixes one channel order for the four modalities, :data:`CHANNEL_ORDER`
 (FLAIR, T1, T1ce, T2: the MSD order, so MSD 4D files need no reordering); the bundle's
@@ -27,7 +39,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 __all__ = [
+    "CHALLENGE_CONVENTIONS",
     "CHANNEL_ORDER",
     "DEFAULT_BUNDLE",
     "CLASSES",
@@ -37,6 +52,7 @@ __all__ = [
     "REGION_CLASSES",
     "FileLayout",
     "LabelConvention",
+    "convert_labels",
     "get_convention",
     "get_layout",
 ]
@@ -67,13 +83,16 @@ class LabelConvention:
 
     Args:
         name: canonical name (``brats2021``, ``brats2023``, ``msd``).
-        classes: class name (``NCR``, ``ED``, ``ET``) to integer label.
+        classes: class name (``NCR``, ``ED``, ``ET``, ``RC``, ...) to integer label.
         description: human-readable provenance.
+        regions: region name to the classes it is made of; default :data:`REGION_CLASSES`
+            (classes the convention lacks are left out, so a region may be empty).
     """
 
     name: str
     classes: dict[str, int]
     description: str
+    regions: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(REGION_CLASSES))
 
     @property
     def legal_values(self) -> frozenset[int]:
@@ -81,10 +100,28 @@ class LabelConvention:
         return frozenset({0, *self.classes.values()})
 
     def region_values(self, region: str) -> tuple[int, ...]:
-        """Integer labels that make up ``region`` (``WT``, ``TC`` or ``ET``)."""
-        if region not in REGION_CLASSES:
-            raise ValueError(f"unknown region {region!r}; expected one of {list(REGIONS)}")
-        return tuple(self.classes[c] for c in REGION_CLASSES[region])
+        """Integer labels that make up ``region`` (``WT``, ``TC`` or ``ET``).
+
+        Raises:
+            ValueError: for a region the convention does not define, or one none of whose
+                classes it has (``brats2024menrt`` has only a GTV).
+        """
+        if region not in self.regions:
+            raise ValueError(
+                f"unknown region {region!r} in convention {self.name!r}; expected one of "
+                f"{list(self.regions)}"
+            )
+        values = tuple(self.classes[c] for c in self.regions[region] if c in self.classes)
+        if not values:
+            raise ValueError(
+                f"convention {self.name!r} has none of the classes of region {region!r} "
+                f"({', '.join(self.regions[region])}); its classes are {sorted(self.classes)}"
+            )
+        return values
+
+    def in_region(self, cls: str) -> bool:
+        """Whether class ``cls`` belongs to any region of this convention."""
+        return any(cls in members for members in self.regions.values())
 
 
 CONVENTIONS: dict[str, LabelConvention] = {
@@ -103,13 +140,43 @@ CONVENTIONS: dict[str, LabelConvention] = {
         {"NCR": 2, "ED": 1, "ET": 3},
         "MSD Task01: 1 edema, 2 non-enhancing tumour, 3 enhancing tumour",
     ),
+    "brats2024": LabelConvention(
+        "brats2024",
+        {"NCR": 1, "ED": 2, "ET": 3, "RC": 4},
+        "BraTS 2024+ glioma and metastasis: 1 non-enhancing tumour core (NETC), 2 surrounding "
+        "non-enhancing FLAIR hyperintensity (SNFH), 3 enhancing tumour, 4 resection cavity",
+    ),
+    "brats2024ped": LabelConvention(
+        "brats2024ped",
+        {"ET": 1, "NCR": 2, "CC": 3, "ED": 4},
+        "BraTS 2024+ paediatric: 1 enhancing tumour, 2 non-enhancing tumour, 3 cystic "
+        "component, 4 edema",
+        regions={"WT": ("NCR", "ED", "ET", "CC"), "TC": ("NCR", "ET", "CC"), "ET": ("ET",)},
+    ),
+    "brats2024menrt": LabelConvention(
+        "brats2024menrt",
+        {"GTV": 1},
+        "BraTS 2024+ meningioma radiotherapy: 1 gross tumour volume",
+        regions={"GTV": ("GTV",)},
+    ),
+}
+
+#: Label numbering each configuration of the official BraTS 2024+ scoring package
+#: (``brats-evaluation``) expects, by configuration name.
+CHALLENGE_CONVENTIONS: dict[str, str] = {
+    "gli": "brats2024",
+    "mets": "brats2024",
+    "ped": "brats2024ped",
+    "MenRT": "brats2024menrt",
+    "MenPre": "brats2023",
+    "GoAT": "brats2023",
 }
 
 _CONVENTION_ALIASES = {
     "brats2018": "brats2021",
     "brats2019": "brats2021",
     "brats2020": "brats2021",
-    "brats2024": "brats2023",
+    "brats2025": "brats2024",
     "task01": "msd",
 }
 
@@ -128,6 +195,77 @@ def get_convention(name: str | LabelConvention) -> LabelConvention:
         valid = sorted([*CONVENTIONS, *_CONVENTION_ALIASES])
         raise ValueError(f"unknown label convention {name!r}; expected one of {valid}")
     return CONVENTIONS[key]
+
+
+def convert_labels(
+    label: np.ndarray,
+    source: str | LabelConvention,
+    target: str | LabelConvention,
+    *,
+    name: str = "label map",
+) -> np.ndarray:
+    """Renumber an integer label map from one convention to another, class by class.
+
+    A class the target lacks becomes background when it belongs to no region of the source
+    (the resection cavity ``RC`` of ``brats2024`` going to ``brats2021``, ``brats2023`` or
+    ``msd``: WT, TC and ET stay as they were); one that belongs to a region (the paediatric
+    cystic component, the meningioma GTV) is an error, since dropping it would change that
+    region. Classes the source lacks are simply absent from the result.
+
+    Args:
+        label: integer label map (any shape).
+        source: convention of ``label``.
+        target: convention of the result.
+        name: how to refer to the map in error messages (a file name, say).
+
+    Returns:
+        A ``uint8`` array of the same shape in ``target``'s numbering.
+
+    Raises:
+        ValueError: when ``label`` holds values that are not legal in ``source``, or a class
+            present in it has no counterpart in ``target`` and belongs to a region.
+    """
+    src, dst = get_convention(source), get_convention(target)
+    arr = np.asarray(label)
+    integral = np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool
+    if not integral and not np.array_equal(arr, np.rint(arr)):
+        raise ValueError(
+            f"{name} holds non-integer values (dtype {arr.dtype}); a label map must hold "
+            f"the integers of convention {src.name!r}: {sorted(src.legal_values)}"
+        )
+    values = _present_values(arr, src.legal_values)
+    illegal = sorted(values - src.legal_values)
+    if illegal:
+        shown = illegal
+        raise ValueError(
+            f"{name} holds {shown} that are not legal in convention {src.name!r} (legal: "
+            f"{sorted(src.legal_values)}); is its label convention right?"
+        )
+    lut = np.zeros(max(src.legal_values) + 1, dtype=np.uint8)
+    for cls, value in src.classes.items():
+        if cls in dst.classes:
+            lut[value] = dst.classes[cls]
+        elif value in values and src.in_region(cls):
+            raise ValueError(
+                f"{name}: class {cls} (label {value} in {src.name!r}) has no counterpart in "
+                f"convention {dst.name!r} and is part of a tumour region; it cannot be "
+                f"converted without changing that region (classes of {dst.name!r}: "
+                f"{sorted(dst.classes)})"
+            )
+    index = arr if arr.dtype in (np.uint8, np.uint16) else arr.astype(np.intp, copy=False)
+    return lut[index]
+
+
+def _present_values(arr: np.ndarray, expected: frozenset[int]) -> set[int]:
+    """The integer values in an integral array.
+
+    Counting each expected value is several times faster than ``np.unique`` on a
+    240x240x155 map; ``np.unique`` only runs when other values are there, to name them.
+    """
+    counts = {v: int(np.count_nonzero(arr == v)) for v in sorted(expected)}
+    if sum(counts.values()) == arr.size:
+        return {v for v, n in counts.items() if n}
+    return {int(v) for v in np.unique(arr)}
 
 
 @dataclass(frozen=True)

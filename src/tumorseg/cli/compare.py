@@ -23,8 +23,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--experiment", default="", metavar="NAME", help="experiment name")
     parser.add_argument(
         "--metric",
-        default="val_mean_dice",
-        help="metric to sort by (default val_mean_dice; e.g. val_dice_et, val_hd95_et)",
+        default=None,
+        help="metric to sort by (default val_mean_dice, with --challenge "
+        "val_mean_lesionwise_dsc_mean; e.g. val_dice_et, val_hd95_et)",
     )
     parser.add_argument("--top", type=int, default=None, metavar="N", help="show the best N")
     parser.add_argument(
@@ -48,6 +49,13 @@ def register(subparsers: Any) -> None:
         metavar="URI",
         help="store to read (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
     )
+    parser.add_argument(
+        "--challenge",
+        action="store_true",
+        help="show the BraTS 2024+ challenge columns a ChallengeMetricHandler logged "
+        "(val_lesionwise_dsc_mean_wt, val_global_nsd_et, ...) and sort by "
+        "val_mean_lesionwise_dsc_mean unless --metric is given",
+    )
     parser.add_argument("--csv", default=None, metavar="PATH", help="also write the table as CSV")
     parser.add_argument(
         "--plot", default=None, metavar="PNG", help="overlay the runs' validation curves"
@@ -59,15 +67,17 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison described by the parsed arguments; returns the exit code."""
     from tumorseg.cli import CliError
     from tumorseg.tracking import TrackingUnavailableError
-    from tumorseg.tracking.compare import compare_runs, plot_curves
+    from tumorseg.tracking.compare import CHALLENGE_METRIC_ORDER, compare_runs, plot_curves
 
     run_ids = [r.strip() for r in str(args.runs).split(",") if r.strip()]
     if not args.experiment and not run_ids:
         raise CliError("give --experiment NAME, --runs ID,... or both")
+    metric = args.metric or (CHALLENGE_METRIC_ORDER[0] if args.challenge else "val_mean_dice")
     try:
         comparison = compare_runs(
             experiment=args.experiment,
-            metric=args.metric,
+            metric=metric,
+            metrics=list(CHALLENGE_METRIC_ORDER) if args.challenge else None,
             top=args.top,
             run_ids=run_ids,
             tracking_uri=args.tracking_uri,

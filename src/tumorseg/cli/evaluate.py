@@ -7,9 +7,12 @@ import math
 import sys
 from typing import Any
 
-__all__ = ["register", "run", "format_summary"]
+__all__ = ["register", "run", "format_challenge_summary", "format_summary"]
 
-_CONVENTIONS = ("brats2021", "brats2023", "msd")
+_CONVENTIONS = ("brats2021", "brats2023", "msd", "brats2024", "brats2024ped", "brats2024menrt")
+# Keep in step with tumorseg.conventions.CHALLENGE_CONVENTIONS (checked by the CLI tests);
+# importing it here would load numpy for `--help`.
+_CHALLENGES = ("gli", "mets", "ped", "MenRT", "MenPre", "GoAT")
 
 
 def register(subparsers: Any) -> None:
@@ -71,6 +74,21 @@ def register(subparsers: Any) -> None:
         "rule) and the exit code is 0; without it they are listed and the exit code is 1 (2 "
         "when no prediction matches any reference)",
     )
+    parser.add_argument(
+        "--challenge",
+        choices=_CHALLENGES,
+        default=None,
+        help="score with that configuration of the official BraTS 2024+ package "
+        "brats-evaluation (panoptica; pip install 'tumorseg[brats]') instead: both label maps "
+        "are converted to its numbering, and per_case.csv/summary.csv carry its parser's "
+        "columns (global_dsc_wt, lesionwise_nsd_mean_et, ...)",
+    )
+    parser.add_argument(
+        "--pred-convention",
+        default=None,
+        help="with --challenge: label convention of the predictions when it differs from the "
+        "references' (e.g. brats2021 predictions against brats2024 references)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -126,8 +144,118 @@ def format_summary(result: Any) -> str:
     return "\n".join(out)
 
 
+#: Columns of the challenge table shown on screen, per region group.
+_CHALLENGE_SHOWN = (
+    ("DSC", "global_dsc", 3),
+    ("NSD", "global_nsd", 3),
+    ("HD95", "global_hd95", 2),
+    ("LesDSC", "lesionwise_dsc_mean", 3),
+    ("LesNSD", "lesionwise_nsd_mean", 3),
+    ("LesHD95", "lesionwise_hd95_mean", 2),
+)
+
+
+def format_challenge_summary(result: Any) -> str:
+    """Mean per region group of the main columns of a ``ChallengeResult``."""
+    stats = {row["subject_id"]: row for row in result.summary.to_dict("records")}
+    mean = stats.get("mean", {})
+    header = ["", *(c[0] for c in _CHALLENGE_SHOWN)]
+    lines = []
+    for group in result.groups:
+        cells = []
+        for _, prefix, digits in _CHALLENGE_SHOWN:
+            value = mean.get(f"{prefix}_{group}")
+            ok = isinstance(value, float) and math.isfinite(value)
+            cells.append(f"{value:.{digits}f}" if ok else "-")
+        lines.append([group, *cells])
+    widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *lines]
+    )
+
+
+def _print_unpaired(result: Any, penalty: str) -> None:
+    if result.missing:
+        print(
+            f"missing predictions ({len(result.missing)}, {penalty}): " + ", ".join(result.missing)
+        )
+    if result.unmatched:
+        print(
+            f"predictions without a reference ({len(result.unmatched)}, ignored): "
+            + ", ".join(result.unmatched)
+        )
+
+
+def _check_challenge_options(args: argparse.Namespace) -> None:
+    from tumorseg.cli import CliError
+
+    if args.challenge is None:
+        if args.pred_convention is not None:
+            raise CliError("--pred-convention applies only with --challenge")
+        return
+    ignored = [
+        flag
+        for flag, used in (
+            ("--per-label", args.per_label),
+            ("--no-lesionwise", args.no_lesionwise),
+            ("--lesion-task", args.lesion_task != "BraTS-GLI"),
+            ("--hd-variant", args.hd_variant != "surface-distance"),
+        )
+        if used
+    ]
+    if ignored:
+        raise CliError(
+            f"{', '.join(ignored)} do(es) not apply with --challenge {args.challenge}: the "
+            "challenge's package fixes its own metrics; drop them or drop --challenge"
+        )
+
+
+def _run_challenge(args: argparse.Namespace) -> int:
+    from tumorseg.cli import CliError
+    from tumorseg.metrics.challenge import ChallengePackageMissing, evaluate_challenge
+
+    try:
+        result = evaluate_challenge(
+            args.pred,
+            args.ref,
+            challenge=args.challenge,
+            convention=args.convention,
+            pred_convention=args.pred_convention,
+            output_dir=args.output,
+            num_workers=args.num_workers,
+            progress=not args.no_progress,
+            allow_missing=args.allow_missing,
+        )
+    except ChallengePackageMissing as err:
+        raise CliError(str(err)) from None
+    n = len(result.per_case)
+    info = result.info
+    print(
+        f"{n} case(s), --challenge {result.challenge} (brats-evaluation "
+        f"{info['brats_evaluation_version']}, panoptica {info['panoptica_version']}), labels "
+        f"in {info['label_numbering']} numbering; references {info['reference_convention']}, "
+        f"predictions {info['prediction_convention']}"
+    )
+    print(format_challenge_summary(result))
+    _print_unpaired(result, "scored by the package's rule: 0, HD95 373")
+    print(f"reports written to {result.output_dir} (please cite panoptica: {info['citation']})")
+    if result.missing and not args.allow_missing:
+        print(
+            f"tumorseg evaluate: {len(result.missing)} of {n} reference case(s) have no "
+            f"prediction in {args.pred}; pass --allow-missing to accept the package's scores "
+            "for them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by the parsed arguments; returns the exit code."""
+    _check_challenge_options(args)
+    if args.challenge is not None:
+        return _run_challenge(args)
     from tumorseg.metrics.evaluate import evaluate_folder
 
     result = evaluate_folder(
@@ -146,16 +274,7 @@ def run(args: argparse.Namespace) -> int:
     n = len(result.rows)
     print(f"{n} case(s), convention {result.info['convention']}, HD95: {result.info['hd95_key']}")
     print(format_summary(result))
-    if result.missing:
-        print(
-            f"missing predictions ({len(result.missing)}, scored Dice 0 / HD95 373.13): "
-            + ", ".join(result.missing)
-        )
-    if result.unmatched:
-        print(
-            f"predictions without a reference ({len(result.unmatched)}, ignored): "
-            + ", ".join(result.unmatched)
-        )
+    _print_unpaired(result, "scored Dice 0 / HD95 373.13")
     print(f"reports written to {result.output_dir}")
     if result.missing and not args.allow_missing:
         shown = ", ".join(result.missing[:10]) + (", ..." if len(result.missing) > 10 else "")

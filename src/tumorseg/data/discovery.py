@@ -53,6 +53,7 @@ __all__ = [
     "detect_layout",
     "discover_cases",
     "parse_modality_suffixes",
+    "recognise_label_convention",
     "split_extension",
     "validate_case",
 ]
@@ -393,6 +394,28 @@ def discover_cases(
         ]
         raise DatasetError(problems, message=f"duplicate case ids in {str(root)!r}:")
     return cases
+
+
+def recognise_label_convention(layout: str, label_values: set[int]) -> str:
+    """The label convention of a dataset, from its layout and the label values it holds.
+
+    The BraTS 2024+ glioma and metastasis data keep the BraTS 2023 file names, and their
+    labels 1-3 mean what they meant in 2023; label 4, the resection cavity, is what tells
+    them apart. A ``brats2023``-layout dataset holding label 4 is therefore ``brats2024``;
+    every other layout keeps its own convention (label 4 of a ``brats2021`` dataset is
+    enhancing tumour).
+
+    Args:
+        layout: the dataset's layout (``brats2021``, ``brats2023``, ``msd``).
+        label_values: every value found in its label maps.
+
+    Raises:
+        ValueError: for a layout without a label convention (custom naming).
+    """
+    spec = get_layout(layout)
+    if spec.label_convention == "brats2023" and 4 in label_values:
+        return "brats2024"
+    return spec.label_convention
 
 
 def parse_modality_suffixes(value: str | Mapping[str, str] | None) -> dict[str, str] | None:

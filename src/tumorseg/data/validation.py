@@ -108,15 +108,23 @@ def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _illegal_label_values(data: Any, legal: frozenset[int]) -> list[float]:
+def _illegal_label_values(
+    data: Any, legal: frozenset[int], seen: set[int] | None = None
+) -> list[float]:
     import numpy as np
 
     values = np.unique(data)
+    if seen is not None:
+        seen.update(int(v) for v in values if float(v).is_integer())
     return [float(v) for v in values if not (float(v).is_integer() and int(v) in legal)]
 
 
 def validate_case(
-    case: Case, *, label_convention: str, check_readable: bool = True
+    case: Case,
+    *,
+    label_convention: str,
+    check_readable: bool = True,
+    label_values: set[int] | None = None,
 ) -> list[CaseProblem]:
     """Check one case: files present, readable, same geometry, 3D, legal label values.
 
@@ -126,6 +134,8 @@ def validate_case(
             label values allowed in the label map.
         check_readable: open the files. False checks only that the files exist, which costs
             one ``stat`` per file.
+        label_values: when given, the integer values found in the label map are added to it
+            (for recognising a dataset's label convention).
 
     Returns:
         The problems found, each naming the case and the file; empty when the case is good.
@@ -203,7 +213,7 @@ def validate_case(
                         )
                     )
         if data is not None:
-            illegal = _illegal_label_values(data, convention.legal_values)
+            illegal = _illegal_label_values(data, convention.legal_values, label_values)
             if illegal:
                 shown = ", ".join(f"{v:g}" for v in illegal[:10])
                 problems.append(

@@ -17,6 +17,10 @@ Per-structure metrics (:func:`case_metrics`, keys ``<metric>_<structure>``)
       voxel) and tested to agree with the package bit for bit. ``hd_variant="monai"`` instead
       gives MONAI's ``compute_hausdorff_distance(percentile=95)`` (surface voxels, unweighted
       percentiles) under the distinct key ``hd95_monai``.
+    * ``nsd``: normalised surface Dice as the BraTS 2024+ official metrics (``panoptica``)
+      compute their global NSD: surface voxels (mask minus 6-connected erosion), distances in
+      voxels, tolerance 0.5 voxel; equal to the package's ``global_nsd_<region>``
+      (:func:`~tumorseg.metrics.surface.normalised_surface_dice`). Both masks empty: 1.
     * ``sensitivity = TP/(TP+FN)``, ``specificity = TN/(TN+FP)`` (over the whole image),
       ``precision = TP/(TP+FP)``.
     * ``volume_ref_<S>_ml``, ``volume_pred_<S>_ml``: voxel count times voxel volume, in mL.
@@ -47,16 +51,25 @@ Lesion-wise (BraTS 2023, :mod:`tumorseg.metrics.lesionwise`)
     are none). Parameters (dilation, threshold mm^3): ``BraTS-GLI`` (default), ``BraTS-SSA``,
     ``BraTS-PED`` 3, 50; ``BraTS-MEN`` 1, 50; ``BraTS-MET`` 1, 2.
 
+BraTS 2024+ challenge scoring (:mod:`tumorseg.metrics.challenge`)
+    :func:`evaluate_challenge` converts predictions and references to the numbering of a
+    configuration of the official ``brats-evaluation`` package (``gli``, ``mets``, ``ped``,
+    ``MenRT``, ``MenPre``, ``GoAT``) and scores them with it (panoptica: lesions matched by
+    maximum bipartite matching; DSC, NSD, HD95 global and lesion-wise), writing the columns
+    of its own parser. Optional: ``pip install 'tumorseg[brats]'``.
+
 Training-time validation
     :class:`RegionMetric` (MONAI ``CumulativeIterationMetric``) and
     :class:`RegionMetricHandler` (ignite) report per-region Dice and HD95 of region channels
-    with the same functions, all-gathered across ranks under DDP.
+    with the same functions, all-gathered across ranks under DDP; :class:`ChallengeMetric`
+    and :class:`ChallengeMetricHandler` report a challenge configuration's own metrics.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tumorseg.metrics.challenge import ChallengeResult, evaluate_challenge
 from tumorseg.metrics.evaluate import (
     CaseMismatchError,
     EvaluationError,
@@ -78,10 +91,21 @@ from tumorseg.metrics.regions import (
     missing_case_metrics,
     region_metrics,
 )
-from tumorseg.metrics.surface import HD95_EMPTY_MM, hd95, robust_hausdorff, surface_distances
+from tumorseg.metrics.surface import (
+    HD95_EMPTY_MM,
+    hd95,
+    normalised_surface_dice,
+    robust_hausdorff,
+    surface_distances,
+)
 
 if TYPE_CHECKING:
-    from tumorseg.metrics.handlers import RegionMetric, RegionMetricHandler
+    from tumorseg.metrics.handlers import (
+        ChallengeMetric,
+        ChallengeMetricHandler,
+        RegionMetric,
+        RegionMetricHandler,
+    )
 
 __all__ = [
     "HD95_EMPTY_MM",
@@ -89,6 +113,9 @@ __all__ = [
     "LESION_HD95_PENALTY_MM",
     "STRUCTURES",
     "CaseMismatchError",
+    "ChallengeMetric",
+    "ChallengeMetricHandler",
+    "ChallengeResult",
     "EvaluationError",
     "EvaluationResult",
     "LesionwiseParams",
@@ -97,17 +124,19 @@ __all__ = [
     "RegionMetricHandler",
     "case_metrics",
     "dice",
+    "evaluate_challenge",
     "evaluate_folder",
     "generalised_dice",
     "hd95",
     "lesionwise_metrics",
     "missing_case_metrics",
+    "normalised_surface_dice",
     "region_metrics",
     "robust_hausdorff",
     "surface_distances",
 ]
 
-_LAZY = {"RegionMetric", "RegionMetricHandler"}
+_LAZY = {"ChallengeMetric", "ChallengeMetricHandler", "RegionMetric", "RegionMetricHandler"}
 
 
 def __getattr__(name: str) -> Any:

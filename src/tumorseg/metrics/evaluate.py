@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
+import functools
 import io
 import json
 import math
 import multiprocessing
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ __all__ = [
     "find_predictions",
     "find_references",
     "metric_names",
+    "score_cases",
     "summarise",
 ]
 
@@ -119,6 +121,7 @@ def metric_names(*, lesionwise: bool = True, hd_variant: str = "surface-distance
     names = [
         "dice",
         hd95_key(hd_variant),
+        "nsd",
         "sensitivity",
         "specificity",
         "precision",
@@ -183,6 +186,70 @@ def _score_case(
     except ValueError as err:
         raise EvaluationError(f"case {case_id!r}: {err}") from None
     return {"case_id": case_id, "status": status, **values}
+
+
+def _normals_or_none() -> np.ndarray | None:
+    try:
+        return seed_normals_table()
+    except ImportError:  # pragma: no cover - depends on the MONAI release
+        return None
+
+
+def score_cases(
+    fn: Callable[..., dict[str, Any]],
+    jobs: Sequence[tuple[Any, ...]],
+    *,
+    num_workers: int | None,
+    progress: bool,
+    desc: str,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> list[dict[str, Any]]:
+    """``fn(*job)`` for every job, in this process or in spawned worker processes.
+
+    Args:
+        fn: a picklable (module-level) function returning one case's dict.
+        jobs: argument tuples, one per case.
+        num_workers: worker processes; ``None`` picks ``min(cpu count, jobs, 8)``, ``0`` or
+            ``1`` runs in this process.
+        progress: show a progress bar labelled ``desc``.
+        desc: the bar's label.
+        initializer: run once in each worker with ``initargs``.
+        initargs: arguments of ``initializer``.
+
+    Returns:
+        The results in completion order (callers sort them). The first failure cancels the
+        rest and is raised.
+    """
+    from tqdm.auto import tqdm
+
+    if num_workers is None:
+        num_workers = min(os.cpu_count() or 1, len(jobs), 8)
+    results: list[dict[str, Any]] = []
+    bar = tqdm(total=len(jobs), desc=desc, unit="case", disable=not progress)
+    try:
+        if num_workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                results.append(fn(*job))
+                bar.update()
+            return results
+        # spawn: workers never inherit torch/OpenMP state from this process.
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(
+            max_workers=num_workers, mp_context=ctx, initializer=initializer, initargs=initargs
+        ) as pool:
+            futures = [pool.submit(fn, *job) for job in jobs]
+            try:
+                for fut in cf.as_completed(futures):
+                    results.append(fut.result())
+                    bar.update()
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+    finally:
+        bar.close()
+    return results
 
 
 def _init_worker(normals: np.ndarray | None) -> None:
@@ -401,41 +468,15 @@ def evaluate_folder(
         _check_geometry(cid, predictions[cid], references[cid])
 
     jobs = [(cid, predictions.get(cid), references[cid]) for cid in sorted(references)]
-    if num_workers is None:
-        num_workers = min(os.cpu_count() or 1, len(jobs), 8)
-    rows: list[dict[str, Any]] = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(jobs), desc="evaluate", unit="case", disable=not progress)
-    try:
-        if num_workers <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                rows.append(_score_case(*job, opts))
-                bar.update()
-        else:
-            try:
-                normals: np.ndarray | None = seed_normals_table()
-            except ImportError:  # pragma: no cover - depends on the MONAI release
-                normals = None
-            # spawn: workers never inherit torch/OpenMP state from this process.
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(
-                max_workers=num_workers,
-                mp_context=ctx,
-                initializer=_init_worker,
-                initargs=(normals,),
-            ) as pool:
-                futures = [pool.submit(_score_case, *job, opts) for job in jobs]
-                try:
-                    for fut in cf.as_completed(futures):
-                        rows.append(fut.result())
-                        bar.update()
-                except BaseException:
-                    for fut in futures:
-                        fut.cancel()
-                    raise
-    finally:
-        bar.close()
+    rows = score_cases(
+        functools.partial(_score_case, opts=opts),
+        jobs,
+        num_workers=num_workers,
+        progress=progress,
+        desc="evaluate",
+        initializer=_init_worker,
+        initargs=(_normals_or_none(),),
+    )
     rows.sort(key=lambda r: r["case_id"])
 
     columns = _metric_columns(opts.lesionwise, opts.hd_variant)

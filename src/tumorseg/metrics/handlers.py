@@ -18,11 +18,18 @@ The BraTS bundles select their best model and stop early on ``val_mean_dice`` of
 the BraTS rule for empty masks (both empty: 1; empty reference, non-empty prediction: 0), the
 number ``tumorseg evaluate`` reports. MONAI's ``MeanDice``, which they used before, leaves
 empty references out, so predicting ET on every ET-free case cost nothing there.
+
+:class:`ChallengeMetric` and :class:`ChallengeMetricHandler` are the same for a BraTS 2024+
+configuration of the official ``brats-evaluation`` package (``tumorseg[brats]``): each sample's
+region channels become a label map in that configuration's numbering and are scored by the
+package, so a model can be selected on, say, ``val_mean_lesionwise_dsc_mean`` (lesion-wise DSC
+over WT, TC and ET), the numbers ``tumorseg evaluate --challenge`` gives.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,11 +38,27 @@ import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 
-from tumorseg.conventions import REGIONS
+from tumorseg.conventions import CHALLENGE_CONVENTIONS, REGIONS, get_convention
+from tumorseg.metrics.challenge import (
+    CHALLENGE_METRIC_COLUMNS,
+    CHALLENGES,
+    challenge_groups,
+    check_challenge,
+    parse_challenge_results,
+    score_challenge_arrays,
+)
 from tumorseg.metrics.regions import dice, hd95_key
 from tumorseg.metrics.surface import hd95
+from tumorseg.transforms.labels import regions_to_labels
 
-__all__ = ["RegionMetric", "RegionMetricHandler", "published_name", "spacing_from_affine"]
+__all__ = [
+    "ChallengeMetric",
+    "ChallengeMetricHandler",
+    "RegionMetric",
+    "RegionMetricHandler",
+    "published_name",
+    "spacing_from_affine",
+]
 
 
 def spacing_from_affine(affine: Any) -> tuple[float, float, float]:
@@ -45,6 +68,52 @@ def spacing_from_affine(affine: Any) -> tuple[float, float, float]:
         raise ValueError(f"expected a 4x4 affine, got shape {a.shape}")
     norms = np.sqrt((a[..., :3, :3] ** 2).sum(axis=-2))
     return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+
+def _sample_spacings(
+    y_pred: torch.Tensor, y: torch.Tensor, spacing: tuple[float, ...] | None
+) -> list[tuple[float, ...]]:
+    """Voxel size of each sample: ``spacing``, else the label's (or prediction's) affine."""
+    batch = int(y_pred.shape[0])
+    if spacing is not None:
+        return [spacing] * batch
+    for source in (y, y_pred):
+        affine = getattr(source, "affine", None)
+        if affine is None or not hasattr(source, "meta"):
+            continue
+        if affine.ndim == 2:
+            return [spacing_from_affine(affine)] * batch
+        if affine.ndim == 3 and affine.shape[0] == batch:
+            return [spacing_from_affine(a) for a in affine]
+    return [(1.0, 1.0, 1.0)] * batch
+
+
+def _check_region_batch(y_pred: torch.Tensor, y: torch.Tensor | None, regions: tuple) -> None:
+    if y is None:
+        raise ValueError("the metric needs the labels y, got None")
+    if y_pred.shape != y.shape:
+        raise ValueError(
+            f"y_pred and y must have one shape, got {tuple(y_pred.shape)} and {tuple(y.shape)}"
+        )
+    if y_pred.ndim != 5 or y_pred.shape[1] != len(regions):
+        raise ValueError(
+            f"expected (B, {len(regions)}, H, W, D) region channels {regions}, "
+            f"got shape {tuple(y_pred.shape)}"
+        )
+
+
+def _buffer_rows(metric: CumulativeIterationMetric, n_columns: int) -> np.ndarray:
+    """The per-sample rows a metric accumulated (every rank), ``(n_samples, n_columns)``.
+
+    Raises:
+        ValueError: when nothing has been accumulated yet.
+    """
+    buffer = metric.get_buffer()
+    if not isinstance(buffer, torch.Tensor) or buffer.numel() == 0:
+        raise ValueError(
+            f"{type(metric).__name__}.aggregate() called before any data was accumulated"
+        )
+    return np.asarray(buffer.reshape(-1, n_columns).double().cpu().numpy())
 
 
 class RegionMetric(CumulativeIterationMetric):
@@ -82,36 +151,13 @@ class RegionMetric(CumulativeIterationMetric):
         self.hd_variant = hd_variant
         self.threshold = float(threshold)
 
-    def _sample_spacings(self, y_pred: torch.Tensor, y: torch.Tensor) -> list[tuple[float, ...]]:
-        batch = int(y_pred.shape[0])
-        if self.spacing is not None:
-            return [self.spacing] * batch
-        for source in (y, y_pred):
-            affine = getattr(source, "affine", None)
-            if affine is None or not hasattr(source, "meta"):
-                continue
-            if affine.ndim == 2:
-                return [spacing_from_affine(affine)] * batch
-            if affine.ndim == 3 and affine.shape[0] == batch:
-                return [spacing_from_affine(a) for a in affine]
-        return [(1.0, 1.0, 1.0)] * batch
-
     def _compute_tensor(
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
         """Scores of one batch: ``(B, 2 * n_regions)``, Dice columns then HD95 columns."""
-        if y is None:
-            raise ValueError("RegionMetric needs the labels y, got None")
-        if y_pred.shape != y.shape:
-            raise ValueError(
-                f"y_pred and y must have one shape, got {tuple(y_pred.shape)} and {tuple(y.shape)}"
-            )
-        if y_pred.ndim != 5 or y_pred.shape[1] != len(self.regions):
-            raise ValueError(
-                f"expected (B, {len(self.regions)}, H, W, D) region channels {self.regions}, "
-                f"got shape {tuple(y_pred.shape)}"
-            )
-        spacings = self._sample_spacings(y_pred, y)
+        _check_region_batch(y_pred, y, self.regions)
+        assert y is not None
+        spacings = _sample_spacings(y_pred, y, self.spacing)
         pred = (y_pred.detach().float() > self.threshold).cpu().numpy()
         ref = (y.detach().float() > self.threshold).cpu().numpy()
         rows = []
@@ -132,10 +178,7 @@ class RegionMetric(CumulativeIterationMetric):
         Raises:
             ValueError: when nothing has been accumulated yet.
         """
-        buffer = self.get_buffer()
-        if not isinstance(buffer, torch.Tensor) or buffer.numel() == 0:
-            raise ValueError("RegionMetric.aggregate() called before any data was accumulated")
-        means = buffer.reshape(-1, 2 * len(self.regions)).double().mean(dim=0).tolist()
+        means = _buffer_rows(self, 2 * len(self.regions)).mean(axis=0).tolist()
         n = len(self.regions)
         out: dict[str, float] = {}
         for i, region in enumerate(self.regions):
@@ -158,7 +201,49 @@ def published_name(key: str, prefix: str = "") -> str:
     return f"{prefix}mean_dice" if key == "dice_mean" else f"{prefix}{key}"
 
 
-class RegionMetricHandler(IgniteMetricHandler):
+class _DictMetricHandler(IgniteMetricHandler):
+    """Ignite handler of a metric whose ``aggregate()`` is a dict: one key metric, the rest
+    published beside it (``publish(key, prefix)`` names each)."""
+
+    def __init__(
+        self,
+        metric: CumulativeIterationMetric,
+        *,
+        key: str,
+        valid: set[str],
+        prefix: str,
+        publish: Callable[[str, str], str],
+        output_transform: Callable,
+        save_details: bool,
+    ) -> None:
+        if key not in valid:
+            raise ValueError(
+                f"key {key!r} is not an aggregated value; expected one of {sorted(valid)}"
+            )
+        self.key = key
+        self.prefix = prefix
+        self._publish = publish
+        self._results: dict[str, float] = {}
+        super().__init__(
+            metric_fn=metric, output_transform=output_transform, save_details=save_details
+        )
+
+    def compute(self) -> float:
+        """The key metric; the full result dict is kept for :meth:`completed`."""
+        self._results = self.metric_fn.aggregate()
+        self._is_reduced = True
+        if self.save_details and self._engine is not None and self._name is not None:
+            self._engine.state.metric_details[self._name] = self.metric_fn.get_buffer()  # type: ignore[attr-defined]
+        return float(self._results[self.key])
+
+    def completed(self, engine: Any, name: str) -> None:
+        """Store the key metric under ``name`` and every other aggregated value beside it."""
+        super().completed(engine, name)
+        for key, value in self._results.items():
+            engine.state.metrics[self._publish(key, self.prefix)] = value
+
+
+class RegionMetricHandler(_DictMetricHandler):
     """Ignite handler of :class:`RegionMetric`: one key metric plus per-region details.
 
     Args:
@@ -170,7 +255,9 @@ class RegionMetricHandler(IgniteMetricHandler):
             metric), e.g. ``"dice_mean"`` or ``"dice_ET"``.
         prefix: prepended to the per-region keys put into ``engine.state.metrics``
             (e.g. ``"val_"`` gives ``val_dice_WT``; the mean Dice is ``val_mean_dice``, see
-            :func:`published_name`).
+            :func:`published_name`). The mean Dice over regions is stored as
+            ``<prefix>mean_dice`` (``val_mean_dice``), the bundles' one name for it, not also
+            as ``<prefix>dice_mean``.
         output_transform: maps ``engine.state.output`` to ``(y_pred, y)``, e.g.
             ``monai.handlers.from_engine(["pred", "label"])``.
         save_details: store the per-sample scores in ``engine.state.metric_details``.
@@ -194,31 +281,163 @@ class RegionMetricHandler(IgniteMetricHandler):
         valid = {f"dice_{r}" for r in metric.regions} | {"dice_mean"}
         if include_hd95:
             valid |= {f"{metric.hd_name}_{r}" for r in metric.regions} | {f"{metric.hd_name}_mean"}
-        if key not in valid:
-            raise ValueError(
-                f"key {key!r} is not an aggregated value; expected one of {sorted(valid)}"
-            )
-        self.key = key
-        self.prefix = prefix
-        self._results: dict[str, float] = {}
         super().__init__(
-            metric_fn=metric, output_transform=output_transform, save_details=save_details
+            metric,
+            key=key,
+            valid=valid,
+            prefix=prefix,
+            publish=published_name,
+            output_transform=output_transform,
+            save_details=save_details,
         )
 
-    def compute(self) -> float:
-        """The key metric; the full result dict is kept for :meth:`completed`."""
-        self._results = self.metric_fn.aggregate()
-        self._is_reduced = True
-        if self.save_details and self._engine is not None and self._name is not None:
-            self._engine.state.metric_details[self._name] = self.metric_fn.get_buffer()  # type: ignore[attr-defined]
-        return float(self._results[self.key])
 
-    def completed(self, engine: Any, name: str) -> None:
-        """Store the key metric under ``name`` and every per-region value beside it.
+class ChallengeMetric(CumulativeIterationMetric):
+    """A BraTS 2024+ challenge's own metrics of region channels, cumulated over iterations.
 
-        The mean Dice over regions is stored as ``<prefix>mean_dice`` (``val_mean_dice``), the
-        bundles' one name for it, not also as ``<prefix>dice_mean``.
+    Each sample's ``WT, TC, ET`` channels (prediction and label) are turned into a label map
+    in the configuration's numbering (:func:`tumorseg.transforms.labels.regions_to_labels`)
+    and scored by the official package (:func:`tumorseg.metrics.challenge.score_challenge_arrays`
+    and :func:`~tumorseg.metrics.challenge.parse_challenge_results`), so validation reports
+    the numbers ``tumorseg evaluate --challenge`` would for the same maps. Region channels
+    carry no resection cavity, so the default groups are ``wt``, ``tc`` and ``et``.
+
+    Args:
+        challenge: ``gli``, ``mets``, ``ped``, ``MenPre`` or ``GoAT`` (``MenRT``'s GTV is
+            not a WT/TC/ET channel).
+        metrics: column prefixes of the package's table to report (default
+            :data:`CHALLENGE_METRIC_COLUMNS`).
+        groups: region groups of the configuration (``wt``, ``tc``, ``et``, ``netc``,
+            ``snfh``, ...); default ``wt``, ``tc``, ``et``.
+        spacing: voxel size in mm, or ``None`` to read it from the MetaTensor affines.
+        threshold: values above it are foreground.
+
+    ``aggregate()`` returns ``{"<metric>_<group>": mean over samples}`` (NaN samples left
+    out, as the package's summary does) and ``{"mean_<metric>": mean over the groups}``.
+    """
+
+    def __init__(
+        self,
+        *,
+        challenge: str = "gli",
+        metrics: Sequence[str] = CHALLENGE_METRIC_COLUMNS,
+        groups: Sequence[str] | None = None,
+        spacing: Sequence[float] | None = None,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.challenge = check_challenge(challenge)
+        self.convention = get_convention(CHALLENGE_CONVENTIONS[self.challenge])
+        if self.challenge == "MenRT":
+            raise ValueError(
+                "challenge 'MenRT' scores a GTV label, not WT/TC/ET region channels; choose one "
+                f"of {[c for c in CHALLENGES if c != 'MenRT']}"
+            )
+        available = challenge_groups(self.challenge)
+        default = [g for g in available if g in ("wt", "tc", "et")]
+        self.groups = tuple(default if groups is None else groups)
+        unknown = sorted(set(self.groups) - set(available))
+        if unknown or not self.groups:
+            raise ValueError(
+                f"groups {list(self.groups)} are not region groups of {self.challenge!r}; "
+                f"expected a non-empty subset of {available}"
+            )
+        self.metrics = tuple(metrics)
+        if not self.metrics:
+            raise ValueError("metrics must name at least one column prefix, got none")
+        self.columns = tuple(f"{m}_{g}" for m in self.metrics for g in self.groups)
+        self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
+        self.threshold = float(threshold)
+
+    def _compute_tensor(
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """Scores of one batch: ``(B, n_columns)`` in the order of :attr:`columns`."""
+        _check_region_batch(y_pred, y, REGIONS)
+        assert y is not None
+        spacings = _sample_spacings(y_pred, y, self.spacing)
+        pred = (y_pred.detach().float() > self.threshold).cpu().numpy()
+        ref = (y.detach().float() > self.threshold).cpu().numpy()
+        results = [
+            score_challenge_arrays(
+                regions_to_labels(pred[b], self.convention),
+                regions_to_labels(ref[b], self.convention),
+                challenge=self.challenge,
+                convention=self.convention,
+                spacing=spacings[b],
+                case_id=f"sample{b}",
+            )
+            for b in range(pred.shape[0])
+        ]
+        table = parse_challenge_results(results)
+        missing = [c for c in self.columns if c not in table.columns]
+        if missing:
+            raise ValueError(
+                f"the package's table has no column(s) {missing}; its columns are "
+                f"{list(table.columns)}"
+            )
+        rows = table.iloc[: len(results)][list(self.columns)].to_numpy(dtype=np.float64)
+        return torch.as_tensor(rows, dtype=torch.float64, device=y_pred.device)
+
+    def aggregate(self) -> dict[str, float]:
+        """Mean of every column over all samples (all ranks), NaN samples left out.
+
+        Raises:
+            ValueError: when nothing has been accumulated yet.
         """
-        super().completed(engine, name)
-        for key, value in self._results.items():
-            engine.state.metrics[published_name(key, self.prefix)] = value
+        values = _buffer_rows(self, len(self.columns))
+        out: dict[str, float] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN
+            means = np.nanmean(values, axis=0)
+            for column, value in zip(self.columns, means, strict=True):
+                out[column] = float(value)
+            for metric in self.metrics:
+                out[f"mean_{metric}"] = float(
+                    np.nanmean([out[f"{metric}_{g}"] for g in self.groups])
+                )
+        return out
+
+
+class ChallengeMetricHandler(_DictMetricHandler):
+    """Ignite handler of :class:`ChallengeMetric`: select a model on a challenge's metric.
+
+    Args:
+        challenge: configuration name (see :class:`ChallengeMetric`).
+        metrics: column prefixes to report.
+        groups: region groups to report.
+        spacing: voxel size in mm, or ``None`` to read it from the MetaTensor affines.
+        key: the aggregated value reported under the handler's name (the engine's key
+            metric), e.g. ``"mean_lesionwise_dsc_mean"`` (the default: lesion-wise DSC
+            averaged over the groups) or ``"global_nsd_wt"``.
+        prefix: prepended to every other aggregated value put into ``engine.state.metrics``
+            (``"val_"`` gives ``val_lesionwise_dsc_mean_et``).
+        output_transform: maps ``engine.state.output`` to ``(y_pred, y)``.
+        save_details: store the per-sample scores in ``engine.state.metric_details``.
+    """
+
+    def __init__(
+        self,
+        *,
+        challenge: str = "gli",
+        metrics: Sequence[str] = CHALLENGE_METRIC_COLUMNS,
+        groups: Sequence[str] | None = None,
+        spacing: Sequence[float] | None = None,
+        key: str = "mean_lesionwise_dsc_mean",
+        prefix: str = "",
+        output_transform: Callable = lambda x: x,
+        save_details: bool = True,
+    ) -> None:
+        metric = ChallengeMetric(
+            challenge=challenge, metrics=metrics, groups=groups, spacing=spacing
+        )
+        valid = set(metric.columns) | {f"mean_{m}" for m in metric.metrics}
+        super().__init__(
+            metric,
+            key=key,
+            valid=valid,
+            prefix=prefix,
+            publish=lambda k, p: f"{p}{k}",
+            output_transform=output_transform,
+            save_details=save_details,
+        )

@@ -2,7 +2,7 @@
 
 ``case_metrics`` takes two integer label maps in any supported convention and returns a flat
 ``dict[str, float]``: for every structure ``S`` of :data:`STRUCTURES` the keys
-``dice_S, hd95_S, sensitivity_S, specificity_S, precision_S, volume_ref_S_ml,
+``dice_S, hd95_S, nsd_S, sensitivity_S, specificity_S, precision_S, volume_ref_S_ml,
 volume_pred_S_ml`` and, with ``lesionwise=True``, ``lesion_dice_S, lesion_hd95_S,
 lesion_tp_S, lesion_fn_S, lesion_fp_S``; plus ``generalised_dice``. See
 :mod:`tumorseg.metrics` for the definitions and empty-mask conventions.
@@ -21,7 +21,13 @@ from tumorseg.metrics.lesionwise import (
     get_lesionwise_params,
     lesionwise_metrics,
 )
-from tumorseg.metrics.surface import HD95_EMPTY_MM, HD_VARIANTS, bounding_box, hd95
+from tumorseg.metrics.surface import (
+    HD95_EMPTY_MM,
+    HD_VARIANTS,
+    bounding_box,
+    hd95,
+    normalised_surface_dice,
+)
 
 __all__ = [
     "LABEL_STRUCTURES",
@@ -112,10 +118,27 @@ def as_label_map(
     return arr
 
 
-def structure_masks(label: np.ndarray, convention: str | LabelConvention) -> dict[str, np.ndarray]:
-    """Boolean masks of every structure in :data:`STRUCTURES` from an integer label map."""
+def _tumour_convention(convention: str | LabelConvention) -> LabelConvention:
     conv = get_convention(convention)
-    values = {s: [conv.classes[c] for c in _STRUCTURE_CLASSES[s]] for s in STRUCTURES}
+    lacking = [c for c in ("NCR", "ED", "ET") if c not in conv.classes]
+    if lacking:
+        raise ValueError(
+            f"convention {conv.name!r} has no {'/'.join(lacking)} label, so the WT/TC/ET "
+            "metrics do not apply; score it with its challenge configuration instead "
+            "(tumorseg evaluate --challenge)"
+        )
+    return conv
+
+
+def structure_masks(label: np.ndarray, convention: str | LabelConvention) -> dict[str, np.ndarray]:
+    """Boolean masks of every structure in :data:`STRUCTURES` from an integer label map.
+
+    The regions follow the convention's own definitions (the paediatric cystic component is
+    part of TC and WT); a resection cavity is part of none.
+    """
+    conv = _tumour_convention(convention)
+    values = {s: list(conv.region_values(s)) for s in REGION_STRUCTURES}
+    values.update({s: [conv.classes[c] for c in _STRUCTURE_CLASSES[s]] for s in LABEL_STRUCTURES})
     if label.size == 0 or int(label.min()) < 0 or int(label.max()) >= 1 << 16:
         return {s: np.isin(label, v) for s, v in values.items()}
     # A look-up table per structure: one gather instead of np.isin's sort-based search.
@@ -166,9 +189,10 @@ def region_metrics(
             true-negative count, i.e. specificity, depends on it).
 
     Returns:
-        ``dice, <hd95 key>, sensitivity, specificity, precision, volume_ref_ml,
-        volume_pred_ml`` and, with ``lesionwise``, ``lesion_dice, lesion_hd95, lesion_tp,
-        lesion_fn, lesion_fp``.
+        ``dice, <hd95 key>, nsd, sensitivity, specificity, precision, volume_ref_ml,
+        volume_pred_ml`` (``nsd``: the BraTS 2024+ global NSD, see
+        :func:`~tumorseg.metrics.surface.normalised_surface_dice`) and, with ``lesionwise``,
+        ``lesion_dice, lesion_hd95, lesion_tp, lesion_fn, lesion_fp``.
 
     Raises:
         ValueError: on a shape mismatch, a bad spacing or an unknown variant/task.
@@ -187,6 +211,8 @@ def region_metrics(
     out = {
         "dice": 2.0 * tp / (n_pred + n_ref) if n_pred + n_ref else 1.0,
         hd95_key(hd_variant): hd95(p, r, spacing=sp, variant=hd_variant),
+        # In voxels with a 0.5-voxel tolerance, as the challenge's global NSD (no spacing).
+        "nsd": normalised_surface_dice(p, r),
         # BraTS 2023: sensitivity 1 when both masks are empty, 0 when only the reference is.
         "sensitivity": _ratio(tp, tp + fn, undefined=1.0 if n_pred == 0 else 0.0),
         "specificity": _ratio(tn, tn + fp, undefined=1.0),
@@ -216,7 +242,7 @@ def generalised_dice(
     weights 1 when none is present), as in MONAI's ``GeneralizedDiceScore``; both maps free
     of tumour gives 1.
     """
-    conv = get_convention(convention)
+    conv = _tumour_convention(convention)
     inter, ref_n, pred_n = [], [], []
     for cls in ("NCR", "ED", "ET"):
         v = conv.classes[cls]
@@ -264,7 +290,7 @@ def case_metrics(
     Raises:
         ValueError: on a shape mismatch, illegal label values or bad options.
     """
-    conv = get_convention(convention)
+    conv = _tumour_convention(convention)
     pred = as_label_map(pred_label, conv, name="prediction")
     ref = as_label_map(ref_label, conv, name="reference")
     if pred.shape != ref.shape:
@@ -311,7 +337,7 @@ def missing_case_metrics(
 ) -> dict[str, float]:
     """Metrics of a case whose prediction is missing, scored the BraTS way.
 
-    Every structure gets Dice 0 and HD95 373.13 mm (lesion-wise: Dice 0, HD95 374 mm), even
+    Every structure gets Dice 0, NSD 0 and HD95 373.13 mm (lesion-wise: Dice 0, HD95 374 mm), even
     where the reference is empty; the other metrics are those of an empty prediction.
     """
     ref = as_label_map(ref_label, convention, name="reference")
@@ -327,6 +353,7 @@ def missing_case_metrics(
     hd = hd95_key(hd_variant)
     for s in STRUCTURES:
         out[metric_key("dice", s)] = 0.0
+        out[metric_key("nsd", s)] = 0.0
         out[metric_key(hd, s)] = HD95_EMPTY_MM
         if lesionwise:
             out[metric_key("lesion_dice", s)] = 0.0

@@ -18,6 +18,14 @@ Everything is computed on the bounding box of the union of the two masks, padded
 voxel, which is what makes a 240x240x155 case take milliseconds rather than seconds; the
 distances are unchanged by the crop because every surfel lies inside it.
 
+The normalised surface Dice (:func:`normalised_surface_dice`, NSD) is the one of the BraTS
+2024+ official metrics (``brats-evaluation``, computed by ``panoptica``): surface *voxels*
+(a mask minus its 6-connected erosion), the fraction of each surface within a tolerance of
+the other surface, ``(f_ref + f_pred) / 2`` in panoptica's arithmetic. The challenge's global
+NSD is called without a voxel spacing, so distances are in voxels and the tolerance is
+panoptica's default of 0.5 voxel (:data:`NSD_TOLERANCE_VOXELS`): a surface voxel counts only
+where the other surface passes through that very voxel.
+
 A second, explicitly named variant, ``"monai"``, is MONAI's ``compute_hausdorff_distance``
 with ``percentile=95``: surface *voxels* (mask minus its erosion), unweighted percentiles of
 voxel-centre distances. It gives different numbers and is never mixed with the default.
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,8 +46,10 @@ __all__ = [
     "HD95_EMPTY_MM",
     "HD_VARIANTS",
     "SurfaceDistances",
+    "NSD_TOLERANCE_VOXELS",
     "bounding_box",
     "hd95",
+    "normalised_surface_dice",
     "robust_hausdorff",
     "seed_normals_table",
     "surface_area_table",
@@ -48,6 +59,10 @@ __all__ = [
 #: HD95 (mm) when exactly one of the two masks is empty: the BraTS 2018-2021 convention, the
 #: diagonal of the 240x240x155 mm BraTS volume, ``sqrt(240^2 + 240^2 + 155^2) = 373.13``.
 HD95_EMPTY_MM = 373.13
+
+#: NSD tolerance of the BraTS 2024+ global NSD, in voxels: panoptica's default when no voxel
+#: spacing is passed, which is how it computes its global (whole-region) metrics.
+NSD_TOLERANCE_VOXELS = 0.5
 
 #: The HD95 definitions on offer: the BraTS/DeepMind surfel one (default) and MONAI's.
 HD_VARIANTS: tuple[str, ...] = ("surface-distance", "monai")
@@ -363,3 +378,62 @@ def hd95(
     if variant == "monai":
         return _hd95_monai(pred_b, ref_b, sp)
     return robust_hausdorff(surface_distances(ref_b, pred_b, spacing=sp), 95.0)
+
+
+def _surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` not in its 6-connected erosion (panoptica's border, outside zero)."""
+    return mask ^ ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1))
+
+
+def normalised_surface_dice(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    *,
+    spacing: Sequence[float] | None = None,
+    tolerance: float | None = None,
+) -> float:
+    """Normalised surface Dice, as the BraTS 2024+ metrics (``panoptica``) compute it.
+
+    ``NSD = (f_ref + f_pred) / 2``, where ``f_ref`` is the fraction of the reference's surface
+    voxels within ``tolerance`` of the predicted surface and ``f_pred`` the converse; surface
+    voxels are a mask minus its 6-connected erosion, distances Euclidean between voxel
+    centres. With the defaults (no spacing, tolerance 0.5 voxel) this is the challenge's
+    global NSD, ``global_nsd_<region>``. Both masks empty gives 1 (the project's rule, as for
+    Dice; the package reports NaN there), exactly one empty gives 0 (as the package).
+
+    Args:
+        pred: predicted mask (non-zero is foreground), 3D.
+        ref: reference mask, same shape.
+        spacing: voxel size in mm along the three axes; ``None`` measures in voxels, as the
+            challenge's global metrics do.
+        tolerance: distance (mm, or voxels without ``spacing``) within which a surface voxel
+            counts; default :data:`NSD_TOLERANCE_VOXELS` without ``spacing`` and the
+            smallest voxel size with it (panoptica's defaults).
+
+    Raises:
+        ValueError: on a shape mismatch, a bad spacing or a negative tolerance.
+    """
+    pred_b, ref_b = _check_pair(pred, ref)
+    sp = None if spacing is None else _as_spacing(spacing, 3)
+    if tolerance is None:
+        tolerance = NSD_TOLERANCE_VOXELS if sp is None else min(sp)
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance!r}")
+    has_pred, has_ref = bool(pred_b.any()), bool(ref_b.any())
+    if not has_pred and not has_ref:
+        return 1.0
+    if has_pred != has_ref:
+        return 0.0
+    # Distances to the nearest surface voxel are unchanged by a crop that keeps every
+    # surface voxel and one background voxel around them.
+    box = bounding_box(pred_b | ref_b, pad=1)
+    assert box is not None
+    border_pred = _surface_voxels(pred_b[box])
+    border_ref = _surface_voxels(ref_b[box])
+    d_ref = ndimage.distance_transform_edt(~border_pred, sampling=sp)[border_ref]
+    d_pred = ndimage.distance_transform_edt(~border_ref, sampling=sp)[border_pred]
+    tp_a = np.sum(d_ref <= tolerance) / d_ref.size
+    tp_b = np.sum(d_pred <= tolerance) / d_pred.size
+    fp = np.sum(d_ref > tolerance) / d_ref.size
+    fn = np.sum(d_pred > tolerance) / d_pred.size
+    return float((tp_a + tp_b) / (tp_a + tp_b + fp + fn + sys.float_info.min))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tumorseg.metrics.challenge import CHALLENGE_METRIC_COLUMNS
 from tumorseg.tracking.settings import tracking_uri as resolve_uri
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 __all__ = [
+    "CHALLENGE_METRIC_ORDER",
     "Comparison",
     "RunSummary",
     "best_metrics",
@@ -35,8 +37,15 @@ __all__ = [
     "plot_curves",
 ]
 
-#: Column order of the metrics the bundle logs; others follow alphabetically.
-METRIC_ORDER = (
+#: Validation metrics of :class:`~tumorseg.metrics.handlers.ChallengeMetricHandler` (prefix
+#: ``val_``), in display order: the means over WT/TC/ET first, then per group.
+CHALLENGE_METRIC_ORDER: tuple[str, ...] = tuple(
+    [f"val_mean_{m}" for m in CHALLENGE_METRIC_COLUMNS]
+    + [f"val_{m}_{g}" for m in CHALLENGE_METRIC_COLUMNS for g in ("wt", "tc", "et")]
+)
+
+#: Column order of the metrics the bundles log; others follow alphabetically.
+METRIC_ORDER: tuple[str, ...] = (
     "val_mean_dice",
     "val_dice_wt",
     "val_dice_tc",
@@ -46,6 +55,7 @@ METRIC_ORDER = (
     "val_hd95_tc",
     "val_hd95_et",
     "val_hd95_mean",
+    *CHALLENGE_METRIC_ORDER,
 )
 ORDERS = ("auto", "max", "min")
 _LOWER_IS_BETTER = ("hd95", "loss", "seconds", "hausdorff", "distance")

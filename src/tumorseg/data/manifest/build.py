@@ -13,6 +13,7 @@ from tumorseg.data.discovery import (
     CaseProblem,
     DatasetError,
     discover_cases,
+    recognise_label_convention,
     validate_case,
 )
 from tumorseg.data.manifest.folds import PatientKey, _patients, assign_folds
@@ -109,8 +110,10 @@ def build_manifest(
     Args:
         dataset_dir: the dataset folder; manifest paths are relative to it.
         layout: ``brats2021``, ``brats2023`` or ``msd``; detected when None.
-        label_convention: label values of the label maps; default the layout's.
-            Required with ``modality_suffixes`` when no ``layout`` is given.
+        label_convention: label values of the label maps; default the layout's, except that
+            a ``brats2023``-layout dataset whose label maps hold 4 (the resection cavity) is
+            ``brats2024`` (recognised while validating; with ``validate=False`` it stays
+            ``brats2023``). Required with ``modality_suffixes`` when no ``layout`` is given.
         num_folds: cross-validation folds of the training cases.
         seed: seed of the fold assignment.
         skip_bad: leave bad cases out (listed under ``skipped``, with a warning) instead of
@@ -149,9 +152,22 @@ def build_manifest(
         from tqdm.auto import tqdm
 
         checked = tqdm(cases, desc=f"checking {root.name}", unit="case")
+    # A brats2023-layout dataset is brats2024 when its labels hold the resection cavity (4):
+    # checked against the brats2024 values (a superset), then decided from what was found.
+    recognise = label_convention is None and validate and convention == "brats2023"
+    seen: set[int] = set()
     problems: list[CaseProblem] = []
     for case in checked:
-        problems.extend(validate_case(case, label_convention=convention, check_readable=validate))
+        problems.extend(
+            validate_case(
+                case,
+                label_convention="brats2024" if recognise else convention,
+                check_readable=validate,
+                label_values=seen if recognise else None,
+            )
+        )
+    if recognise:
+        convention = recognise_label_convention(layout_name, seen)
 
     skipped: list[dict[str, str]] = []
     if problems:
