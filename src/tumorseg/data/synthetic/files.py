@@ -84,7 +84,7 @@ def orientation_affine(
     if not (np.isfinite(angle) and abs(angle) < 45):
         raise ValueError(f"oblique_degrees must be in (-45, 45), got {oblique_degrees!r}")
 
-    linear = np.zeros((3, 3))
+    linear: np.ndarray = np.zeros((3, 3))
     for k, c in enumerate(code):
         linear[_ORIENTATION_AXES[c], k] = zooms[k] * (1.0 if c in "RAS" else -1.0)
     theta = np.deg2rad(angle)
