@@ -28,6 +28,7 @@ networks, inference and the viewer read, one definition.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping
@@ -46,6 +47,7 @@ __all__ = [
     "describe_network",
     "load_checkpoint",
     "meta_of",
+    "network_config_file",
     "read_meta",
     "resolve_settings",
 ]
@@ -152,9 +154,12 @@ class CheckpointMeta:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def config_values(self) -> dict[str, Any]:
-        """Bundle config ids -> values an inference or fine-tuning takes from this file."""
-        values: dict[str, Any] = {"network_name": self.network_name}
-        values.update(self.network_settings)
+        """Bundle config ids -> values an inference or fine-tuning takes from this file.
+
+        The network itself (``network_name``) is chosen by a network config file, not a
+        value: see :func:`network_config_file`.
+        """
+        values: dict[str, Any] = dict(self.network_settings)
         if self.pixdim is not None:
             values["pixdim"] = list(self.pixdim)
         if self.roi_size is not None:
@@ -264,3 +269,19 @@ def resolve_settings(
             "checkpoint trained with those settings"
         )
     return {k: v for k, v in values.items() if k not in requested}
+
+
+def network_config_file(bundle_root: str | os.PathLike[str], network_name: str) -> Path | None:
+    """The bundle's ``configs/networks/*.json`` whose ``network_name`` is ``network_name``.
+
+    Only a literal ``network_name`` counts (a file that derives it with an expression names
+    no network of its own). None when no file declares it.
+    """
+    for path in sorted((Path(bundle_root) / "configs" / "networks").glob("*.json")):
+        try:
+            declared = json.loads(path.read_text()).get("network_name")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if declared == network_name:
+            return path
+    return None

@@ -34,7 +34,12 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
-from tumorseg.checkpoint_meta import CheckpointMeta, read_meta, resolve_settings
+from tumorseg.checkpoint_meta import (
+    CheckpointMeta,
+    network_config_file,
+    read_meta,
+    resolve_settings,
+)
 from tumorseg.data.discovery import discover_cases, parse_modality_suffixes
 from tumorseg.data.lgg import discover_kaggle_3m
 
@@ -162,16 +167,6 @@ def load_bundle(
     return parser
 
 
-def _network_file(root: Path, network_name: str) -> Path | None:
-    """The bundle's ``configs/networks/*.json`` that declares ``network_name``, if any."""
-    for path in sorted((root / "configs" / "networks").glob("*.json")):
-        probe = ConfigParser()
-        probe.read_config(str(path))
-        if probe.get("network_name") == network_name:
-            return path
-    return None
-
-
 def apply_checkpoint_meta(
     config: ConfigParser,
     checkpoint: str | os.PathLike[str] | None,
@@ -227,7 +222,7 @@ def _match_network(config: ConfigParser, meta: CheckpointMeta, path: Path) -> No
     files = [Path(f) for f in getattr(config, "extra_files", [])]
     root = Path(str(config.get("bundle_root", ".")))
     given_network = any(f.parent.name == "networks" for f in files)
-    net_file = None if given_network else _network_file(root, meta.network_name)
+    net_file = None if given_network else network_config_file(root, meta.network_name)
     if net_file is None:
         given = ", ".join(str(f) for f in files if f.parent.name == "networks")
         given = given or "the bundle's default network"
