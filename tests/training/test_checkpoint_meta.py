@@ -208,8 +208,15 @@ def test_finetune_command_takes_the_checkpoint_settings(tmp_path: Path) -> None:
     assert cmd[:5][1:] == ["-m", "tumorseg.bundle_run", "run", "training"]
     # The user's own values come last and replace the checkpoint's window, not its network.
     mine = finetune_command(BUNDLE, path, args=["--roi_size", "[48,48,48]", "--epochs", "2"])
-    assert mine.count("--roi_size") == 1 and mine[-4:] == ["--roi_size", "[48,48,48]", "--epochs", "2"]
-    with pytest.raises(ValueError, match=r"filters=\[32,64,128,256,320\].*filters=\[4,8,16,32,64\]"):
+    assert mine.count("--roi_size") == 1 and mine[-4:] == [
+        "--roi_size",
+        "[48,48,48]",
+        "--epochs",
+        "2",
+    ]
+    with pytest.raises(
+        ValueError, match=r"filters=\[32,64,128,256,320\].*filters=\[4,8,16,32,64\]"
+    ):
         finetune_command(BUNDLE, path, args=["--filters", "[32,64,128,256,320]"])
     with pytest.raises(ValueError, match="NETWORK=segresnet builds segresnet but .* dynunet"):
         finetune_command(BUNDLE, path, network="segresnet")
@@ -245,5 +252,9 @@ def test_bundle_declares_the_description_of_its_checkpoints() -> None:
     version = json.loads((BUNDLE / "configs" / "metadata.json").read_text())["version"]
     assert (meta.bundle_name, meta.bundle_version) == ("brats_mri_segmentation", version)
     assert meta.network_settings == {"filters": TINY}
-    assert meta.channel_order == ["flair", "t1", "t1ce", "t2"] and meta.regions == ["WT", "TC", "ET"]
+    assert meta.channel_order == ["flair", "t1", "t1ce", "t2"] and meta.regions == [
+        "WT",
+        "TC",
+        "ET",
+    ]
     assert meta.roi_size == [96, 96, 96] and meta.pixdim == [1.0, 1.0, 1.0]

@@ -85,10 +85,8 @@ def _location(dataset_dir: Any, path: Path) -> dict[str, str]:
         return {}
     root = Path(str(dataset_dir)).expanduser().resolve()
     out = {"dataset_dir": str(root)}
-    try:
+    if root.is_relative_to(path.resolve().parent):  # else the absolute path only
         out["dataset_dir_relative"] = root.relative_to(path.resolve().parent).as_posix()
-    except ValueError:
-        pass  # outside the manifest's folder: the absolute path only
     return out
 
 
