@@ -15,9 +15,9 @@ writes also records where its dataset was (``dataset_dir``, absolute, and
 ``dataset_dir_relative`` when the dataset lies inside the manifest's folder), so a training
 given only the manifest (``make finetune DATASET=manifest.json``) finds the cases. ``image``
 lists the four modalities in :data:`tumorseg.conventions.CHANNEL_ORDER`, or is one string
-for a 4D MSD file. Cases with a label map go to ``training`` (with a cross-validation fold), the others to
-``testing``. A manifest built with ``skip_bad=True`` also records the cases it left out under
-``skipped``.
+for a 4D MSD file. Cases with a label map go to ``training`` (with a cross-validation fold),
+the others to ``testing``. A manifest built with ``skip_bad=True`` also records the cases it
+left out under ``skipped``.
 
 Folds are assigned per patient (:func:`assign_folds`), so the timepoints of one patient never
 straddle training and validation. The patient of a case is, by default, its BraTS 2023+ id
