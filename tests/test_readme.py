@@ -321,3 +321,30 @@ def _run_document(document: str, work: Path, data: Path) -> None:
         assert done.returncode == 0, (
             f"{block.name} failed (exit {done.returncode}):\n{script}\n{done.stderr[-3000:]}"
         )
+
+
+@pytest.mark.slow
+def test_the_device_cpu_override_of_the_readme_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--device cpu`` (a string, as MONAI's command line passes it) through a whole epoch
+    with validation and checkpointing: it once failed with ``'str' object has no attribute
+    'type'``."""
+    from tumorseg.bundle_run import main as bundle_main
+    from tumorseg.checkpoint_meta import read_meta
+    from tumorseg.data.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "data", num_cases=2, shape=(32, 32, 32), seed=5)
+    monkeypatch.chdir(tmp_path)
+    cfg = REPO / "bundles" / "brats_mri_segmentation" / "configs"
+    args = ["run", "training", "--meta_file", str(cfg / "metadata.json")]
+    args += ["--config_file", str(cfg / "train.json"), "--bundle_root", str(cfg.parent)]
+    args += ["--dataset_dir", str(tmp_path / "data"), "--num_folds", "2", "--device", "cpu"]
+    args += ["--ckpt_dir", str(tmp_path / "models"), "--log_mlflow", "false"]
+    for key, value in TINY["brats_mri_segmentation"].items():
+        args += [f"--{key}", value]
+    args[args.index("--filters") + 1] = "[4,8,16,32,64]"
+    assert bundle_main(args) == 0
+    meta = read_meta(tmp_path / "models" / "model.pt")
+    assert meta is not None and meta.network_settings == {"filters": [4, 8, 16, 32, 64]}
+    assert meta.roi_size == [32, 32, 32] and meta.label_convention == "brats2021"
