@@ -38,6 +38,7 @@ def run(cmd: list[str], cwd: Path, timeout: float = 1800) -> subprocess.Complete
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_demo_finetune_infer_evaluate_with_no_extra_flags(tmp_path: Path) -> None:
     work = scratch_checkout(tmp_path / "repo")
     tumorseg = str(work / ".venv" / "bin" / "tumorseg")

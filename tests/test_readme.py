@@ -290,6 +290,7 @@ def _synthetic_data(root: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_readme_blocks_run(tmp_path: Path) -> None:
     """Every runnable block, documents in :data:`DOCUMENTS` order, in one scratch checkout
     where a short ``make demo`` has run (the README's fine-tuning starts from its model)."""
@@ -324,6 +325,7 @@ def _run_document(document: str, work: Path, data: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_the_device_cpu_override_of_the_readme_trains(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
