@@ -258,3 +258,13 @@ def test_bundle_declares_the_description_of_its_checkpoints() -> None:
         "ET",
     ]
     assert meta.roi_size == [96, 96, 96] and meta.pixdim == [1.0, 1.0, 1.0]
+
+
+def test_the_viewer_builds_the_checkpoint_network(tmp_path: Path) -> None:
+    """`tumorseg view --checkpoint` builds its upload predictor the same way."""
+    from tumorseg.cli.view import _predictor
+
+    path = _save_described(tmp_path / "model.pt")
+    predictor = _predictor(str(BUNDLE), str(path), "cpu")
+    assert predictor.roi_size == (32, 32, 32)
+    assert predictor.network.state_dict()["input_block.conv1.conv.weight"].shape[0] == TINY[0]
