@@ -129,7 +129,7 @@ def finetune_command(
     files = [cfg / "train.json", net_file, cfg / "finetune.json"]
     cmd = [python, "-m", "tumorseg.bundle_run", "run", "training"]
     cmd += ["--meta_file", str(cfg / "metadata.json")]
-    cmd += ["--config_file", str([str(f) for f in files])]
+    cmd += ["--config_file", json.dumps([str(f) for f in files], separators=(",", ":"))]
     cmd += ["--logging_file", str(cfg / "logging.conf"), "--bundle_root", str(root)]
     cmd += ["--pretrained", str(pretrained)]
     if dataset:
