@@ -233,8 +233,9 @@ def _match_network(config: ConfigParser, meta: CheckpointMeta, path: Path) -> No
         )
     extra = ConfigParser()
     extra.read_config(str(net_file))
-    for key in extra.config or {}:
-        config[key] = extra[key]
+    raw = extra.get()
+    for key, value in (raw if isinstance(raw, dict) else {}).items():
+        config[key] = value
     for key, value in meta.network_settings.items():
         config[key] = value
 
