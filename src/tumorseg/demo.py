@@ -78,9 +78,10 @@ class DemoSettings:
 
 
 def training_command(bundle: Path, overrides: dict[str, Any]) -> list[str]:
-    """The ``python -m monai.bundle run training ...`` argument list for these overrides."""
+    """The ``python -m tumorseg.bundle_run run training ...`` argument list for these overrides
+    (MONAI's ``monai.bundle run`` with one-line config errors, :mod:`tumorseg.bundle_run`)."""
     cfg = bundle / "configs"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training"]
+    cmd = [sys.executable, "-m", "tumorseg.bundle_run", "run", "training"]
     cmd += ["--meta_file", str(cfg / "metadata.json"), "--config_file", str(cfg / "train.json")]
     cmd += ["--logging_file", str(cfg / "logging.conf")]
     for key, value in overrides.items():
@@ -137,6 +138,8 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
         overwrite=True,
     )
     manifest = build_manifest(train_dir, num_folds=4, seed=settings.seed, name="tumorseg-demo")
+    # Records dataset_dir (data/train, relative to the manifest): DATASET=demo/manifest.json
+    # alone finds the cases (make finetune).
     write_manifest(manifest, work / "manifest.json")
 
     overrides = settings.bundle_overrides()
@@ -150,11 +153,8 @@ def run_demo(settings: DemoSettings) -> dict[str, float]:
     _say("[3/5] segmenting the held-out folder")
     from tumorseg.inference import Predictor
 
-    predictor = Predictor.from_bundle(
-        settings.bundle,
-        checkpoint=work / "models" / "model.pt",
-        overrides={k: overrides[k] for k in ("filters", "roi_size") if k in overrides},
-    )
+    # model.pt describes itself (network filters, roi_size, pixdim): no overrides needed.
+    predictor = Predictor.from_bundle(settings.bundle, checkpoint=work / "models" / "model.pt")
     pred_dir = work / "predictions"
     predictor.predict_folder(heldout_dir, pred_dir, label_convention="brats2021", overwrite=True)
 

@@ -65,7 +65,10 @@ def test_training_writes_best_and_latest_checkpoints(trained: Path) -> None:
     assert {"network", "optimizer", "lr_scheduler", "trainer", "checkpointer"} <= set(latest)
     assert latest["trainer"]["iteration"] > 0
     best = load_checkpoint(trained / "models" / "model.pt")
-    assert all(torch.is_tensor(v) for v in best.values())
+    # The weights beside their description (tumorseg.checkpoint_meta).
+    assert set(best) == {"network", "tumorseg_meta"}
+    assert all(torch.is_tensor(v) for v in best["network"].values())
+    assert best["tumorseg_meta"]["network_name"] == "dynunet"
     assert not list((trained / "models").glob("*.tmp"))
 
 

@@ -173,7 +173,8 @@ def test_folds_reject_repeated_ids():
 def test_build_manifest_content(dataset):
     manifest = build_manifest(dataset, name="tiny", num_folds=3, seed=4)
 
-    assert list(manifest) == list(MANIFEST_KEYS)
+    assert list(manifest) == [*MANIFEST_KEYS, "dataset_dir"]
+    assert manifest["dataset_dir"] == str(Path(dataset).resolve())
     assert manifest["name"] == "tiny"
     assert manifest["layout"] == "brats2021" and manifest["label_convention"] == "brats2021"
     assert manifest["channel_order"] == list(CHANNEL_ORDER)
@@ -300,7 +301,7 @@ def test_manifest_from_case_ids_matches_build_manifest(dataset):
         description="d",
     )
 
-    assert listed == built
+    assert listed == {k: v for k, v in built.items() if k != "dataset_dir"}
 
 
 def test_manifest_from_case_ids_msd(tmp_path, make_msd):
@@ -315,7 +316,7 @@ def test_manifest_from_case_ids_msd(tmp_path, make_msd):
         description="d",
     )
 
-    assert listed == built
+    assert listed == {k: v for k, v in built.items() if k != "dataset_dir"}
 
 
 # --------------------------------------------------------------------------- files

@@ -4,6 +4,10 @@ Each verb lives in its own module of this package and exposes ``register(subpars
 which adds its parser and sets ``func`` (a callable taking the parsed namespace and
 returning an exit code). Heavy imports (torch, monai) happen inside ``func`` so that
 ``tumorseg --help`` stays fast.
+
+Errors a user can fix are one line (a failure inside a bundle's config: at most three, see
+:mod:`tumorseg.config_errors`) and exit code 2; ``tumorseg --debug <verb>`` or
+``TUMORSEG_DEBUG=1`` shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tumorseg", description="Brain-tumour segmentation in MRI on MONAI bundles."
     )
     parser.add_argument("--version", action="version", version=f"tumorseg {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks (also TUMORSEG_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
     for verb in _VERBS:
         try:
@@ -69,17 +76,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CliError, FileNotFoundError, ValueError) as err:
-        # Expected user errors: one clear line, no traceback from deep inside a library.
-        print(f"tumorseg {args.verb}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        # A full disk, a read-only folder, a vanished mount: the path and what to do.
-        print(f"tumorseg {args.verb}: error: {_os_error(err)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"tumorseg {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # Imported here: `tumorseg --help` must not wait for MONAI.
+        from tumorseg.config_errors import debug_enabled, format_config_error
+
+        if args.debug or debug_enabled():
+            raise
+        # A failure inside a bundle's config: the original message, the config id, the fix.
+        prefix = f"tumorseg {args.verb}: error"
+        message = format_config_error(err, prefix=prefix) or _user_error(err, prefix)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return 2
+
+
+def _user_error(err: Exception, prefix: str) -> str | None:
+    """One line for an expected user error, None for anything else (a bug: traceback)."""
+    if isinstance(err, CliError | FileNotFoundError | ValueError):
+        # Expected user errors: one clear line, no traceback from deep inside a library.
+        return f"{prefix}: {err}"
+    if isinstance(err, OSError):
+        # A full disk, a read-only folder, a vanished mount: the path and what to do.
+        return f"{prefix}: {_os_error(err)}"
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,12 @@ declares the inference pipeline by MONAI's ids (:data:`monai.bundle.properties.I
 :func:`load_bundle` reads those files for :meth:`Predictor.from_bundle` and ``tumorseg infer``;
 ``python -m monai.bundle run --config_file "['<b>/configs/train.json','<b>/configs/inference.json']"
 --bundle_root <b>`` reads the same ones, so both build the same predictor.
+
+:func:`apply_checkpoint_meta` then takes what a self-describing checkpoint
+(:mod:`tumorseg.checkpoint_meta`) says it was trained with: its network (settings such as
+``filters``, and the bundle's ``configs/networks/`` file of its ``network_name``), ``pixdim``
+and ``roi_size``, unless the caller set them explicitly; an explicit value that contradicts
+the checkpoint is refused with both values named.
 """
 
 from __future__ import annotations
@@ -28,13 +34,21 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
+from tumorseg.checkpoint_meta import (
+    CheckpointMeta,
+    network_config_file,
+    read_meta,
+    resolve_settings,
+)
 from tumorseg.data.discovery import discover_cases, parse_modality_suffixes
 from tumorseg.data.lgg import discover_kaggle_3m
 
 __all__ = [
+    "BundleConfig",
     "DATA_FORMATS",
     "DEFAULT_CONVENTION",
     "InferenceData",
+    "apply_checkpoint_meta",
     "bundle_root_of",
     "load_bundle",
 ]
@@ -81,6 +95,20 @@ def _config_path(root: Path, name: str | os.PathLike[str]) -> Path:
     )
 
 
+class BundleConfig(ConfigParser):
+    """A bundle's config that remembers what its caller chose explicitly.
+
+    Attributes:
+        explicit: config ids the caller overrode (``load_bundle(overrides=...)``) -> values.
+        extra_files: config files merged after the bundle's own (network files ...).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.explicit: dict[str, Any] = {}
+        self.extra_files: list[Path] = []
+
+
 def load_bundle(
     bundle_root: str | os.PathLike[str] | None = None,
     *,
@@ -104,7 +132,7 @@ def load_bundle(
             forward optional settings.
 
     Returns:
-        The parser, not yet instantiated.
+        The parser (a :class:`BundleConfig`), not yet instantiated.
 
     Raises:
         FileNotFoundError: no ``configs/train.json`` in the bundle, or a config not found.
@@ -125,7 +153,8 @@ def load_bundle(
     for path in files:
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path} (bundle {str(root)!r})")
-    parser = ConfigParser()
+    parser = BundleConfig()
+    parser.extra_files = list(files)
     parser.read_config([str(f) for f in files])
     meta = root / "configs" / "metadata.json"
     if meta.is_file():
@@ -134,7 +163,81 @@ def load_bundle(
     for key, value in (overrides or {}).items():
         if value is not None:
             parser[key] = value
+            parser.explicit[key] = value
     return parser
+
+
+def apply_checkpoint_meta(
+    config: ConfigParser,
+    checkpoint: str | os.PathLike[str] | None,
+    *,
+    explicit: Mapping[str, Any] | None = None,
+) -> CheckpointMeta | None:
+    """Set a config's network and preprocessing from a self-describing checkpoint.
+
+    Values the checkpoint records (:meth:`CheckpointMeta.config_values`) replace the bundle's
+    defaults; values the caller chose explicitly (``explicit``, plus the overrides recorded by
+    :func:`load_bundle`) are kept when they agree and refused when they do not, except the
+    sliding-window ``roi_size`` (an inference choice). A checkpoint of another network than
+    the config's is matched to the bundle's ``configs/networks/`` file of that
+    ``network_name`` when the caller gave no network file.
+
+    Args:
+        config: a config from :func:`load_bundle`, not yet instantiated.
+        checkpoint: the weights; None uses the config's ``checkpoint`` id when it has one.
+        explicit: more ids -> values the caller set (command-line options).
+
+    Returns:
+        The checkpoint's description, or None for plain weights, a missing file (the loader
+        reports it later) or a config without a checkpoint.
+
+    Raises:
+        ValueError: an explicit value or network file that contradicts the checkpoint (both
+            named), or a checkpoint of a network this bundle has no file for.
+    """
+    if checkpoint is None:
+        if "checkpoint" not in config:
+            return None
+        checkpoint = config.get_parsed_content("checkpoint")
+    path = Path(str(checkpoint)).expanduser()
+    if not path.is_file():
+        return None
+    meta = read_meta(path)
+    if meta is None:
+        return None
+    chosen = dict(getattr(config, "explicit", {}))
+    chosen.update(explicit or {})
+    for key, value in resolve_settings(meta, chosen, checkpoint=path).items():
+        if key in config:
+            config[key] = value
+    _match_network(config, meta, path)
+    return meta
+
+
+def _match_network(config: ConfigParser, meta: CheckpointMeta, path: Path) -> None:
+    """Make the config build the checkpoint's network (its ``network_name``)."""
+    current = config.get_parsed_content("network_name") if "network_name" in config else None
+    if current is None or current == meta.network_name:
+        return
+    files = [Path(f) for f in getattr(config, "extra_files", [])]
+    root = Path(str(config.get("bundle_root", ".")))
+    given_network = any(f.parent.name == "networks" for f in files)
+    net_file = None if given_network else network_config_file(root, meta.network_name)
+    if net_file is None:
+        given = ", ".join(str(f) for f in files if f.parent.name == "networks")
+        given = given or "the bundle's default network"
+        raise ValueError(
+            f"checkpoint {path} holds a {meta.network_name} network but the config builds "
+            f"{current} ({given}); pass the network file of {meta.network_name} "
+            "(--config-file networks/<name>.json) or a checkpoint of that network"
+        )
+    extra = ConfigParser()
+    extra.read_config(str(net_file))
+    raw = extra.get()
+    for key, value in (raw if isinstance(raw, dict) else {}).items():
+        config[key] = value
+    for key, value in meta.network_settings.items():
+        config[key] = value
 
 
 class InferenceData:

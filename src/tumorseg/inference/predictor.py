@@ -69,7 +69,12 @@ from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 
 from tumorseg.conventions import CHANNEL_ORDER, REGIONS, LabelConvention, get_convention
-from tumorseg.inference.bundle import DATA_FORMATS, DEFAULT_CONVENTION, load_bundle
+from tumorseg.inference.bundle import (
+    DATA_FORMATS,
+    DEFAULT_CONVENTION,
+    apply_checkpoint_meta,
+    load_bundle,
+)
 from tumorseg.inference.folder import (
     FolderReport,
     InferenceFailed,
@@ -315,7 +320,10 @@ class Predictor:
         """Build the ``evaluator`` of a loaded bundle config, with explicit settings applied.
 
         See :meth:`from_bundle` for the arguments; ``config`` comes from
-        :func:`~tumorseg.inference.bundle.load_bundle`.
+        :func:`~tumorseg.inference.bundle.load_bundle`. A checkpoint that describes itself
+        sets the network and preprocessing it was trained with
+        (:func:`~tumorseg.inference.bundle.apply_checkpoint_meta`); a contradicting explicit
+        setting is refused.
         """
         if "evaluator" not in config:
             raise ValueError(
@@ -330,6 +338,9 @@ class Predictor:
             explicit["sw_batch_size"] = check_sw_batch_size(sw_batch_size)
         if overlap is not None:
             explicit["overlap"] = check_overlap(overlap)
+        if network is None:
+            # A self-describing checkpoint sets the network and preprocessing it needs.
+            apply_checkpoint_meta(config, checkpoint, explicit=explicit)
         for key, value in explicit.items():
             config[key] = value
         config["device"] = resolve_device(device)

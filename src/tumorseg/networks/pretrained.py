@@ -391,7 +391,8 @@ def load_pretrained(
     report.encoder_share = got / total if total else 0.0
     if report.encoder_share < min_matched:
         raise PretrainedMismatchError(
-            f"refusing pretrained weights: {report.encoder_share:.1%} of the encoder matched, "
+            f"refusing pretrained weights {path}: {report.encoder_share:.1%} of the encoder "
+            "matched, "
             f"less than min_matched={min_matched:.0%} (wrong architecture, depth or prefix?)\n"
             + report.summary(),
             report,

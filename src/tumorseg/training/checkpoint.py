@@ -2,20 +2,31 @@
 
 MONAI's ``CheckpointSaver`` writes in place (non-atomic), so a kill during a save can leave a
 truncated newest checkpoint; :class:`Checkpointer` writes to a temporary file and renames it,
-so ``checkpoint_latest.pt`` is always either the previous or the new complete state.
+so ``checkpoint_latest.pt`` is always either the previous or the new complete state. Both
+files describe themselves: the network weights sit under ``network`` beside a
+:class:`~tumorseg.checkpoint_meta.CheckpointMeta` (see :mod:`tumorseg.checkpoint_meta` for
+why the description lives inside the file).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 
+from tumorseg.checkpoint_meta import (
+    CheckpointMeta,
+    checkpoint_with_meta,
+    describe_network,
+    load_checkpoint,
+    meta_of,
+)
 from tumorseg.io import atomic_path
 from tumorseg.ranks import is_rank0
 
@@ -39,35 +50,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
-
-
-def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a clear error names a bad file.
-
-    Raises:
-        FileNotFoundError: when ``path`` does not exist.
-        ValueError: when the file is not a readable checkpoint (truncated, not torch, pickled code).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(
-            f"checkpoint {path} is empty (0 bytes): a copy or save that never finished (full "
-            "disk?); delete it (a training then starts over, or resumes from another copy) "
-            "or pass another checkpoint"
-        )
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt or unsafe files
-        first = (str(err).strip().splitlines() or ["no message"])[0]
-        raise ValueError(
-            f"cannot load checkpoint {path}: {type(err).__name__}: {first}; the file is "
-            "truncated, corrupt or not a weights-only torch checkpoint"
-        ) from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
-    return obj
 
 
 def network_state_dict(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -126,7 +108,8 @@ def load_network_weights(
             f"checkpoint not found: {path}; train the bundle first (make train, or make demo "
             "for a synthetic model) or pass the weights with --checkpoint"
         )
-    state = network_state_dict(load_checkpoint(path, map_location="cpu"))
+    obj = load_checkpoint(path, map_location="cpu")
+    state = network_state_dict(obj)
     own = network.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -144,7 +127,11 @@ def load_network_weights(
             lines.append(f"  {len(unexpected)} unexpected key(s): {_listing(unexpected)}")
         if mismatched:
             lines.append(f"  {len(mismatched)} shape mismatch(es): {_listing(mismatched)}")
-        lines.append(f"  was it trained with other bundle settings? {hint}")
+        meta = meta_of(obj, source=f"checkpoint {path}")
+        if meta is not None:
+            lines.append(f"  the checkpoint says it was trained as {meta.summary()}; {hint}")
+        else:
+            lines.append(f"  was it trained with other bundle settings? {hint}")
         raise ValueError("\n".join(lines))
     network.load_state_dict(state, strict=True)
     return network
@@ -167,6 +154,12 @@ class Checkpointer:
         resume: load ``checkpoint_latest.pt`` when it exists at the start of training.
         map_location: ``torch.load`` map location when resuming.
         save_interval: save the latest state every this many epochs.
+        meta: what the network was trained with (:class:`~tumorseg.checkpoint_meta.CheckpointMeta`
+            or its dict, declared by the bundle's ``checkpoint_meta``); stored in both files,
+            ``model.pt`` then holding ``{"network": weights, "tumorseg_meta": meta}``. None
+            writes ``model.pt`` as bare weights, as before.
+        run_record: returns the tracking run record (``{"run_id": ...}``) at save time, for the
+            description's ``run_id`` (the run starts after this handler is built).
     """
 
     def __init__(
@@ -179,6 +172,8 @@ class Checkpointer:
         resume: bool = True,
         map_location: Any = "cpu",
         save_interval: int = 1,
+        meta: CheckpointMeta | Mapping[str, Any] | None = None,
+        run_record: Callable[[], Mapping[str, str] | None] | None = None,
     ) -> None:
         if save_interval < 1:
             raise ValueError(f"save_interval must be >= 1, got {save_interval}")
@@ -192,6 +187,14 @@ class Checkpointer:
         self.best_metric = -float("inf")
         self.best_metric_epoch = -1
         self.resumed_from: Path | None = None
+        self.meta = (
+            None
+            if meta is None
+            else meta
+            if isinstance(meta, CheckpointMeta)
+            else CheckpointMeta.from_dict(meta, source="Checkpointer meta")
+        )
+        self.run_record = run_record
 
     @property
     def latest_path(self) -> Path:
@@ -253,7 +256,10 @@ class Checkpointer:
                 if is_rank0():
                     network = _unwrap(self.save_dict.get("network", self.save_dict.get("model")))
                     if network is not None:
-                        atomic_torch_save(network.state_dict(), self.best_path)
+                        best = network.state_dict()
+                        if self.meta is not None:
+                            best = {"network": best}
+                        atomic_torch_save(checkpoint_with_meta(best, self._meta()), self.best_path)
                         logger.info(
                             "epoch %d: new best %s %.4f -> %s",
                             epoch,
@@ -265,7 +271,20 @@ class Checkpointer:
         if due and is_rank0():
             state = {name: obj.state_dict() for name, obj in self.save_dict.items()}
             state["checkpointer"] = self.state_dict()
-            atomic_torch_save(state, self.latest_path)
+            atomic_torch_save(checkpoint_with_meta(state, self._meta()), self.latest_path)
+
+    def _meta(self) -> CheckpointMeta | None:
+        """The description with what is known only now: the network class and the run id."""
+        if self.meta is None:
+            return None
+        meta = self.meta
+        network = _unwrap(self.save_dict.get("network", self.save_dict.get("model")))
+        if not meta.network_class and network is not None:
+            meta = replace(meta, network_class=describe_network(network))
+        record = self.run_record() if self.run_record is not None else None
+        if record and record.get("run_id"):
+            meta = replace(meta, run_id=str(record["run_id"]))
+        return meta
 
 
 def _unwrap(network: Any) -> Any:

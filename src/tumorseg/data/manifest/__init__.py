@@ -10,11 +10,14 @@ A manifest is a JSON file that the bundle (training) and inference read::
      "testing": [{"case_id": "Y", "image": [...]}]}
 
 Paths are relative to the dataset folder with POSIX separators, so a manifest is portable:
-whoever has a copy of the dataset only points ``dataset_dir`` at it. ``image`` lists the four
-modalities in :data:`tumorseg.conventions.CHANNEL_ORDER`, or is one string for a 4D MSD file.
-Cases with a label map go to ``training`` (with a cross-validation fold), the others to
-``testing``. A manifest built with ``skip_bad=True`` also records the cases it left out under
-``skipped``.
+whoever has a copy of the dataset only points ``dataset_dir`` at it. A manifest tumorseg
+writes also records where its dataset was (``dataset_dir``, absolute, and
+``dataset_dir_relative`` when the dataset lies inside the manifest's folder), so a training
+given only the manifest (``make finetune DATASET=manifest.json``) finds the cases. ``image``
+lists the four modalities in :data:`tumorseg.conventions.CHANNEL_ORDER`, or is one string
+for a 4D MSD file. Cases with a label map go to ``training`` (with a cross-validation fold),
+the others to ``testing``. A manifest built with ``skip_bad=True`` also records the cases it
+left out under ``skipped``.
 
 Folds are assigned per patient (:func:`assign_folds`), so the timepoints of one patient never
 straddle training and validation. The patient of a case is, by default, its BraTS 2023+ id
@@ -41,6 +44,7 @@ from tumorseg.data.manifest.files import (
     MANIFEST_KEYS,
     ManifestError,
     load_manifest,
+    recorded_dataset_dir,
     write_manifest,
 )
 from tumorseg.data.manifest.folds import (
@@ -65,5 +69,6 @@ __all__ = [
     "patient_key",
     "select_split",
     "validate_manifest_against",
+    "recorded_dataset_dir",
     "write_manifest",
 ]

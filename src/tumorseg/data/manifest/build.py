@@ -131,7 +131,8 @@ def build_manifest(
             default :func:`brats_patient_id`.
 
     Returns:
-        The manifest dict (see the module docstring).
+        The manifest dict (see the module docstring), with ``dataset_dir``: the folder,
+        absolute.
 
     Raises:
         DatasetError: bad cases and ``skip_bad`` False (every bad case listed), or a dataset
@@ -205,6 +206,9 @@ def build_manifest(
         testing=testing,
         patient_id=patient_id,
     )
+    # Where the cases are, so a manifest file alone finds them (write_manifest adds the
+    # path relative to the manifest's folder).
+    manifest["dataset_dir"] = str(root.resolve())
     if skip_bad:
         manifest["skipped"] = skipped
     return manifest

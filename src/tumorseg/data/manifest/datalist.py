@@ -12,7 +12,7 @@ from tumorseg.data.discovery import (
     validate_case,
 )
 from tumorseg.data.manifest.build import build_manifest
-from tumorseg.data.manifest.files import _check_manifest, load_manifest
+from tumorseg.data.manifest.files import _check_manifest, load_manifest, recorded_dataset_dir
 
 __all__ = [
     "SPLITS",
@@ -80,8 +80,8 @@ def load_datalist(
     Args:
         manifest: a manifest file or dict.
         dataset_dir: the dataset folder the manifest's paths are relative to; default the
-            manifest file's folder (also for a dict from :func:`load_manifest`; required for
-            other dicts).
+            folder the manifest records (:func:`~tumorseg.data.manifest.recorded_dataset_dir`,
+            also for a dict from :func:`load_manifest`; required for other dicts).
         fold: the validation fold. None: ``train`` is every training case and ``val`` empty.
         split: ``train`` (training cases outside ``fold``), ``val`` (inside ``fold``),
             ``test`` (testing cases) or ``all`` (training then testing).
@@ -106,11 +106,11 @@ def load_datalist(
                     "dataset_dir is required when the manifest is a dict not read by "
                     "load_manifest: set dataset_dir to the folder holding the cases"
                 )
-            dataset_dir = Path(source).parent
+            dataset_dir = recorded_dataset_dir(data, source)
     else:
         data = load_manifest(manifest)
         if dataset_dir is None:
-            dataset_dir = Path(manifest).expanduser().resolve().parent
+            dataset_dir = recorded_dataset_dir(data, manifest)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
     num_folds = int(data["num_folds"])

@@ -14,6 +14,7 @@ __all__ = [
     "MANIFEST_KEYS",
     "ManifestError",
     "load_manifest",
+    "recorded_dataset_dir",
     "write_manifest",
 ]
 
@@ -32,6 +33,12 @@ MANIFEST_KEYS: tuple[str, ...] = (
 )
 
 
+#: Optional keys: where the dataset was when the manifest was written. ``dataset_dir`` is
+#: absolute; ``dataset_dir_relative`` is relative to the manifest's folder (POSIX), present
+#: when the dataset lies inside that folder, so a copied or moved folder still finds it.
+LOCATION_KEYS: tuple[str, ...] = ("dataset_dir", "dataset_dir_relative")
+
+
 class ManifestError(ValueError):
     """A manifest file or dict that is not valid; the message names the file."""
 
@@ -48,6 +55,9 @@ def write_manifest(manifest: Mapping[str, Any], path: str | Path) -> Path:
 
     The JSON is indented by 2, with ``training`` and ``testing`` sorted by case id. The text
     goes to a temporary file in the same folder, then replaces ``path`` with ``os.replace``.
+    A manifest with a ``dataset_dir`` (:func:`~tumorseg.data.manifest.build_manifest` records
+    it) is written with it absolute and, when the dataset lies inside the manifest's folder,
+    with ``dataset_dir_relative`` too (see :func:`recorded_dataset_dir`).
 
     Returns:
         The path written.
@@ -60,7 +70,46 @@ def write_manifest(manifest: Mapping[str, Any], path: str | Path) -> Path:
     _check_manifest(data, source="manifest to write")
     for key in ("training", "testing"):
         data[key] = sorted(data[key], key=lambda t: t["case_id"])
-    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    location = _location(data.get("dataset_dir"), path)
+    for key in LOCATION_KEYS:
+        data.pop(key, None)
+    ordered = {k: data.pop(k) for k in MANIFEST_KEYS[: MANIFEST_KEYS.index("training")]}
+    ordered.update(location)
+    ordered.update(data)
+    return atomic_write_text(path, json.dumps(ordered, indent=2) + "\n")
+
+
+def _location(dataset_dir: Any, path: Path) -> dict[str, str]:
+    """``dataset_dir`` (absolute) and ``dataset_dir_relative`` for a manifest at ``path``."""
+    if not dataset_dir:
+        return {}
+    root = Path(str(dataset_dir)).expanduser().resolve()
+    out = {"dataset_dir": str(root)}
+    if root.is_relative_to(path.resolve().parent):  # else the absolute path only
+        out["dataset_dir_relative"] = root.relative_to(path.resolve().parent).as_posix()
+    return out
+
+
+def recorded_dataset_dir(manifest: Mapping[str, Any], path: str | Path) -> Path:
+    """The dataset folder of a manifest file when the caller names none.
+
+    The first that exists of: ``dataset_dir_relative`` (relative to the manifest's folder),
+    ``dataset_dir`` (absolute), the manifest's own folder (manifests that record no location,
+    such as the committed ``data_manifests/``, whose users set ``dataset_dir``).
+
+    Args:
+        manifest: the manifest dict.
+        path: the manifest file.
+    """
+    folder = Path(path).expanduser().resolve().parent
+    relative = manifest.get("dataset_dir_relative")
+    candidates = [folder / str(relative)] if relative else []
+    if manifest.get("dataset_dir"):
+        candidates.append(Path(str(manifest["dataset_dir"])).expanduser())
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return folder
 
 
 def _check_items(items: Any, key: str, *, labelled: bool, num_folds: int, where: str) -> None:
