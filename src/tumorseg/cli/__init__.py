@@ -18,6 +18,7 @@ __all__ = ["main", "build_parser", "CliError"]
 
 #: Verb modules, in the order `tumorseg --help` lists them.
 _VERBS = ("synth", "manifest", "demo", "infer", "evaluate", "compare", "launch", "view", "report")
+_CV_VERBS = ("cv", "ensemble", "postprocess", "export-nnunet")  # cross-validation, nnU-Net
 
 
 class CliError(Exception):
@@ -52,11 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tumorseg {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
-    for verb in _VERBS:
+    for verb in (*_VERBS, *_CV_VERBS):
         try:
-            module = importlib.import_module(f"tumorseg.cli.{verb}")
+            module = importlib.import_module(f"tumorseg.cli.{verb.replace('-', '_')}")
         except ModuleNotFoundError as err:
-            if err.name == f"tumorseg.cli.{verb}":
+            if err.name == f"tumorseg.cli.{verb.replace('-', '_')}":
                 continue  # verb not built yet in this checkout
             raise
         module.register(sub)
