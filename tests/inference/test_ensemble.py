@@ -30,7 +30,7 @@ OVERRIDES = {"filters": TINY_FILTERS}
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ensemble")
-    generate_dataset(root / "in", num_cases=0, num_unlabelled=2, shape=(32, 30, 28), seed=4)
+    generate_dataset(root / "in", num_cases=2, shape=(32, 30, 28), seed=4)
     return {
         "root": root,
         "input": root / "in",
