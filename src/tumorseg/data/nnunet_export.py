@@ -135,7 +135,7 @@ def _write_image(source: str, target: Path) -> None:
 def _write_channels(image: Any, folder: Path, case_id: str) -> None:
     """Four channel files of one case (four files, or one 4D file split)."""
     if isinstance(image, str):  # MSD: one 4D file, channels on the last axis
-        img = nib.load(image)
+        img: Any = nib.load(image)
         if len(img.shape) != 4 or img.shape[3] != len(CHANNEL_ORDER):
             raise ValueError(f"{case_id}: {image} has shape {img.shape}, expected 4 channels")
         data = np.asarray(img.dataobj)
@@ -154,7 +154,7 @@ def _write_channels(image: Any, folder: Path, case_id: str) -> None:
 
 
 def _write_label(source: str, target: Path, convention: str, case_id: str) -> None:
-    img = nib.load(source)
+    img: Any = nib.load(source)
     try:
         values = to_nnunet_labels(np.asarray(img.dataobj), convention)
     except ValueError as err:
@@ -194,7 +194,8 @@ def export_nnunet(
         ValueError: a bad id or name, another dataset with this id in ``out``, or a case
             whose files or labels cannot be exported (the case and file named).
     """
-    manifest = load_manifest(datalist)
+    manifest = load_manifest(Path(datalist))
+    root_dir = Path(dataset_dir) if dataset_dir is not None else None
     folder_name = dataset_folder_name(dataset_id, name or str(manifest.get("name") or "tumorseg"))
     root = Path(out).expanduser()
     if root.is_dir():
@@ -210,8 +211,8 @@ def export_nnunet(
             )
     target = root / folder_name
     convention = str(manifest["label_convention"])
-    training = load_datalist(manifest, dataset_dir=dataset_dir, fold=None, split="train")
-    testing = load_datalist(manifest, dataset_dir=dataset_dir, fold=None, split="test")
+    training = load_datalist(manifest, dataset_dir=root_dir, fold=None, split="train")
+    testing = load_datalist(manifest, dataset_dir=root_dir, fold=None, split="test")
     for sub in ("imagesTr", "labelsTr"):
         (target / sub).mkdir(parents=True, exist_ok=True)
     for item in training:

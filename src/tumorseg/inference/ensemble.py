@@ -225,7 +225,7 @@ def ensemble_probability_folders(
         affine: np.ndarray | None = None
         for index in indexes:
             probs, aff = read_probabilities(index[case])
-            if total is None:
+            if total is None or affine is None:
                 total, affine = probs, aff
             elif probs.shape != total.shape or not np.allclose(aff, affine, atol=1e-4):
                 raise ValueError(

@@ -107,7 +107,8 @@ def out_of_fold_cases(
                     f"{item['case_id']} (was it run with --no-oof?)"
                 )
             probs, affine = read_probabilities(path)
-            ref = np.asarray(nib.load(item["label"]).dataobj)
+            reference: Any = nib.load(item["label"])
+            ref = np.asarray(reference.dataobj)
             if ref.shape != probs.shape[1:]:
                 raise ValueError(
                     f"{item['case_id']}: reference {item['label']} has shape {ref.shape}, the "
