@@ -221,3 +221,41 @@ def test_bad_masks_are_refused() -> None:
         apply_rules(np.zeros((2, 4, 4, 4), bool), PostprocessRules(), voxel_mm3=1.0)
     with pytest.raises(ValueError, match="voxel_mm3 must be > 0, got 0"):
         apply_rules(np.zeros((3, 4, 4, 4), bool), PostprocessRules(), voxel_mm3=0.0)
+
+
+def test_search_cli_on_a_cv_folder_writes_rules_beside_the_models(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import nibabel as nib
+
+    from tumorseg.data.manifest import build_manifest, write_manifest
+    from tumorseg.data.synthetic import generate_dataset
+    from tumorseg.inference.writer import write_probabilities_atomic
+
+    data = tmp_path / "data"
+    generate_dataset(data, num_cases=4, shape=(24, 24, 24), seed=3, layout="brats2021")
+    manifest = write_manifest(build_manifest(data, num_folds=2, name="pp"), data / "m.json")
+    cv = tmp_path / "cv"
+    state = {"folds": [0, 1], "datalist": str(manifest), "dataset_dir": str(data)}
+    cv.mkdir()
+    (cv / "cv.json").write_text(json.dumps(state))
+    for item in json.loads(manifest.read_text())["training"]:
+        reference: nib.Nifti1Image = nib.load(data / item["label"])  # type: ignore[assignment]
+        label = _with_false_positive(np.asarray(reference.dataobj), value=4)
+        probs = np.asarray(labels_to_regions(label, B21), dtype=np.float32)
+        path = cv / "oof" / "probabilities" / f"{item['case_id']}.npz"
+        write_probabilities_atomic(path, probs, affine=reference.affine, regions=("WT", "TC", "ET"))
+    for fold in (0, 1):
+        (cv / f"fold{fold}" / "models").mkdir(parents=True)
+        (cv / f"fold{fold}" / "done.json").write_text("{}")
+    assert main(["postprocess", "--search", "--cv", str(cv)]) == 0
+    out = capsys.readouterr().out
+    rules = load_rules(cv / RULES_FILE)
+    assert not rules.is_identity and rules.oof["dice_with"] > rules.oof["dice_without"]
+    assert f"{rules.oof['dice_with']:.4f}" in out and "without rules" in out
+    assert load_rules(cv / "fold1" / "models" / RULES_FILE) == rules
+    # a fold's missing out-of-fold file is named, in one line
+    next((cv / "oof" / "probabilities").glob("*.npz")).unlink()
+    assert main(["postprocess", "--search", "--cv", str(cv)]) == 2
+    err = capsys.readouterr().err
+    assert "is missing: fold" in err and err.count("\n") == 1
