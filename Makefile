@@ -22,6 +22,12 @@ $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH_PIN) $(QUIET_PIP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]' $(QUIET_PIP)
+# nnU-Net v2 (tests of `tumorseg export-nnunet`) without its dependencies: they require
+# torchvision, whose resolution would replace the pinned torch; the ones it needs to plan
+# and preprocess are listed after it, installed with torch held at $(TORCH_PIN).
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps nnunetv2==2.8.1 acvl-utils==0.2.6 dynamic-network-architectures==0.4.4 batchgeneratorsv2==0.3.6 batchgenerators==0.25.5 $(QUIET_PIP)
+	echo '$(TORCH_PIN)' > $(VENV)/torch-constraint.txt
+	$(PY) -m pip install -q --disable-pip-version-check -c $(VENV)/torch-constraint.txt connected-components-3d blosc2 yacs imagecodecs seaborn graphviz einops unittest2 linecache2 traceback2 future SimpleITK scikit-learn $(QUIET_PIP)
 	@touch $(STAMP)
 
 demo: install

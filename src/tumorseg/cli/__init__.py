@@ -22,6 +22,7 @@ __all__ = ["main", "build_parser", "CliError"]
 
 #: Verb modules, in the order `tumorseg --help` lists them.
 _VERBS = ("synth", "manifest", "demo", "infer", "evaluate", "compare", "launch", "view", "report")
+_CV_VERBS = ("cv", "ensemble", "postprocess", "export-nnunet")  # cross-validation, nnU-Net
 
 
 class CliError(Exception):
@@ -59,11 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug", action="store_true", help="show full tracebacks (also TUMORSEG_DEBUG=1)"
     )
     sub = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
-    for verb in _VERBS:
+    for verb in (*_VERBS, *_CV_VERBS):
         try:
-            module = importlib.import_module(f"tumorseg.cli.{verb}")
+            module = importlib.import_module(f"tumorseg.cli.{verb.replace('-', '_')}")
         except ModuleNotFoundError as err:
-            if err.name == f"tumorseg.cli.{verb}":
+            if err.name == f"tumorseg.cli.{verb.replace('-', '_')}":
                 continue  # verb not built yet in this checkout
             raise
         module.register(sub)

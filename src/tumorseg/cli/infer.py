@@ -49,7 +49,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle folder (default %(default)s)")
     p.add_argument("--input", required=True, help="folder of studies")
     p.add_argument("--output", required=True, help="folder for the masks (created)")
-    p.add_argument("--checkpoint", help="network weights (default <bundle>/models/model.pt)")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        help="network weights (default <bundle>/models/model.pt); repeat it, or give a "
+        "`tumorseg cv` folder, to average several models' probabilities",
+    )
+    p.add_argument(
+        "--postprocess",
+        metavar="RULES",
+        help="post-processing rule file (default: postprocess.json beside the checkpoint or "
+        "in the cv folder, when there is one)",
+    )
+    p.add_argument("--no-postprocess", action="store_true", help="apply no post-processing rules")
     p.add_argument(
         "--label-convention",
         choices=["brats2021", "brats2023", "msd"],
@@ -162,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
     """Run ``tumorseg infer``; returns the exit code."""
     # Imported here: `tumorseg --help` must not wait for torch and MONAI.
     from tumorseg.inference import Predictor, load_bundle
+    from tumorseg.inference.ensemble import ensemble_from_config
     from tumorseg.inference.lgg import LGGInferenceReport
+    from tumorseg.inference.postprocess import load_rules
 
     config = load_bundle(
         args.bundle, config_files=args.config_file, overrides=_overrides(args.override)
@@ -175,15 +189,20 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:  # not the main thread (embedded use): leave signals alone
         previous = None
     try:
-        predictor = Predictor.from_config(
-            config,
-            checkpoint=args.checkpoint,
-            device=args.device,
-            roi_size=args.roi_size,
-            sw_batch_size=args.sw_batch_size,
-            overlap=args.overlap,
-            tta=None if kaggle_3m else args.tta,
+        settings: dict[str, Any] = {
+            "device": args.device,
+            "roi_size": args.roi_size,
+            "sw_batch_size": args.sw_batch_size,
+            "overlap": args.overlap,
+            "tta": None if kaggle_3m else args.tta,
+        }
+        predictor = (
+            ensemble_from_config(config, args.checkpoint, **settings)
+            if args.checkpoint
+            else Predictor.from_config(config, **settings)
         )
+        if args.no_postprocess or args.postprocess:
+            predictor.postprocess_rules = load_rules(args.postprocess) if args.postprocess else None
         report = predictor.predict_folder(
             args.input,
             args.output,

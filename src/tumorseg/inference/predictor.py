@@ -89,6 +89,7 @@ from tumorseg.inference.inputs import (
     unreadable_file_error,
 )
 from tumorseg.inference.lgg import LGGInferenceReport, segment_kaggle_3m_folder
+from tumorseg.inference.postprocess import PostprocessRules, label_map, rules_next_to
 from tumorseg.inference.results import LoadedCase, PredictionResult, region_volumes_ml
 from tumorseg.inference.settings import (
     check_inferer_settings,
@@ -100,7 +101,6 @@ from tumorseg.inference.settings import (
     split_after_loading,
 )
 from tumorseg.training.checkpoint import load_network_weights
-from tumorseg.transforms import regions_to_labels
 
 __all__ = [
     "FolderReport",
@@ -250,6 +250,9 @@ class Predictor:
                 "networks/<name>.json) or the matching --checkpoint",
             )
         self.network = network.to(self.device).eval()
+        #: Rules applied to every label map (:mod:`.postprocess`); default those beside the
+        #: checkpoint; None applies none.
+        self.postprocess_rules: PostprocessRules | None = rules_next_to(self.checkpoint)
 
     @classmethod
     def from_bundle(
@@ -441,7 +444,7 @@ class Predictor:
         )
         probabilities = np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
         self._check_geometry(loaded, probabilities.shape[1:], inverted, affine)
-        label = _labels(probabilities, conv, self.threshold)
+        label = label_map(probabilities, conv, self.threshold, self.postprocess_rules, affine)
         done = time.perf_counter()
         timings = {
             **loaded.timings,
@@ -633,12 +636,3 @@ class Predictor:
             batch_size=self.batch_size,
             overwrite=overwrite,
         )
-
-
-def _labels(
-    probabilities: np.ndarray, convention: LabelConvention, threshold: float = _THRESHOLD
-) -> np.ndarray:
-    """``> threshold`` per region, then the label map (innermost region wins)."""
-    return np.asarray(
-        regions_to_labels(probabilities, convention, threshold=threshold), dtype=np.uint8
-    )
