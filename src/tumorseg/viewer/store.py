@@ -110,7 +110,7 @@ def _window(volume: np.ndarray) -> tuple[float, float]:
 
 def _mask_case_id(path: Path) -> str | None:
     name = path.name
-    if is_temporary(path) or name.startswith("."):
+    if name.startswith(".") or is_temporary(path):
         return None
     for suffix in _MASK_SUFFIXES:
         if name.endswith(suffix):
@@ -174,12 +174,24 @@ class ResultsStore:
     def cases(self) -> dict[str, CaseEntry]:
         """Scan the output folder: case id -> files, sorted by case id."""
         found: dict[str, CaseEntry] = {}
-        for path in sorted(self.output_dir.iterdir()):
+        # One directory listing each (a stat per file would cost seconds with 1,000s of cases).
+        with os.scandir(self.output_dir) as listing:
+            masks = sorted(e.path for e in listing if e.is_file())
+        try:
+            with os.scandir(self.uploads_dir) as listing:
+                uploaded = {e.name for e in listing if e.is_dir()}
+        except OSError:
+            uploaded = set()
+        for name in masks:
+            path = Path(name)
             case_id = _mask_case_id(path)
-            if case_id is None or not path.is_file() or case_id in found:
+            if case_id is None or case_id in found:
                 continue
             data = self._data_cases.get(case_id)
-            images = tuple(data.images) if data is not None else self.uploaded_images(case_id)
+            if data is not None:
+                images: tuple[Path, ...] = tuple(data.images)
+            else:
+                images = self.uploaded_images(case_id) if case_id in uploaded else ()
             reference = data.label if data is not None else None
             found[case_id] = CaseEntry(case_id, path, images, reference, self.convention)
         return found
