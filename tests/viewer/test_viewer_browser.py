@@ -343,3 +343,34 @@ def test_real_study_screenshot(browser: Any, tmp_path: Path) -> None:
         time.sleep(1.5)
         browser.save_screenshot(str(ARTIFACTS / "viewer-real-TCGA-DU-7294-outline.png"))
         _assert_local(_requested_urls(browser))
+
+
+def test_report_viewer_opens_from_disk(browser: Any, outputs: Path, dataset: Path) -> None:
+    """``tumorseg report``'s viewer.html in the browser from file://: no server, no network."""
+    from selenium.webdriver.common.by import By
+
+    from tumorseg.viewer import build_report
+
+    index = build_report(outputs, data_dir=dataset, gif=False, montage_slices=2)
+    browser.get((index.parent / "viewer.html").as_uri())
+    _ready(browser, "SYN2021_000")
+    assert [
+        r.get_attribute("data-case") for r in browser.find_elements(By.CSS_SELECTOR, "tr.case")
+    ] == [
+        "SYN2021_000",
+        "SYN2021_001",
+    ]
+    _set(browser, "opacity", "1")
+    pred = _pixels(browser, "nv-pred")
+    assert _count(pred, GREEN) > 50 and _count(pred, YELLOW) > 10
+    assert _count(_pixels(browser, "nv-3d"), GREEN, tol=90) > 200
+    assert browser.find_element(By.ID, "pane-ref").is_displayed()
+    browser.find_element(By.CSS_SELECTOR, "tr.case[data-case=SYN2021_001]").click()
+    _ready(browser, "SYN2021_001")
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "report-viewer.png"))
+    urls = _requested_urls(browser)
+    assert any(u.endswith("volumes/case-0001.js") for u in urls)
+    assert all(
+        urllib.parse.urlsplit(u).scheme in ("file", "data", "blob", "chrome") for u in urls
+    ), urls

@@ -210,7 +210,8 @@
     const side = state.compare === 'side' && s.has_reference;
     $('pane-ref').hidden = !side;
     $('cap-pred').textContent = outline ? 'reference (fill) + prediction (outline)' : 'prediction';
-    const mainLabels = outline ? [['ref', state.opacity], ['pred_outline', 1]] : [['pred', state.opacity]];
+    // Outline on fill: the reference at half the opacity, the prediction's boundary opaque on it.
+    const mainLabels = outline ? [['ref', state.opacity / 2], ['pred_outline', 1]] : [['pred', state.opacity]];
     if (!keepPosition) { await clear(nvMain); await clear(nvRef); }
     await sceneFor(nvMain, mainLabels);
     if (side) { await sceneFor(nvRef, [['ref', state.opacity]]); nvRef.resizeListener(); } else await clear(nvRef);
@@ -229,7 +230,7 @@
   }
   function readout(data) {
     const s = state.summary; if (!s || !data || !data.mm) return;
-    const mm = data.mm; const parts = [mm.slice(0, 3).map((x) => Number(x).toFixed(1)).join(' x ') + ' mm'];
+    const mm = Array.from(data.mm).slice(0, 3); const parts = [mm.map((x) => x.toFixed(1)).join(' x ') + ' mm'];
     const val = (img) => {
       if (!img) return null;
       const v = img.mm2vox(mm);
@@ -240,7 +241,7 @@
     parts.push('prediction ' + labelName(val(state.lookup.pred)));
     if (s.has_reference) parts.push('reference ' + labelName(val(state.lookup.ref)));
     $('voxel').textContent = parts.join(' | ');
-    state.location = mm.slice(0, 3);
+    state.location = mm;
   }
   async function refreshLookup() {
     const s = state.summary;
@@ -278,7 +279,11 @@
   $('opacity').oninput = () => {
     state.opacity = parseFloat($('opacity').value);
     for (const nv of [nvMain, nvRef]) {
-      nv.volumes.forEach((v, i) => { if (i > 0 || !state.modality) { if (!v.name.startsWith('pred_outline')) nv.setOpacity(i, state.opacity); } });
+      nv.volumes.forEach((v, i) => {
+        if (v.name.startsWith('pred_outline') || (i === 0 && state.modality)) return;
+        const fill = nv === nvMain && state.compare === 'outline' && state.summary.has_reference;
+        nv.setOpacity(i, fill ? state.opacity / 2 : state.opacity);
+      });
     }
   };
   function recolour() {
