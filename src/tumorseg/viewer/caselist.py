@@ -158,7 +158,8 @@ class CaseIndex:
         pred = np.asarray(mask.dataobj, dtype=np.uint8)
         ref = None
         if entry.reference is not None:
-            ref = np.asarray(nib.load(str(entry.reference)).dataobj, dtype=np.uint8)
+            ref_img: Any = nib.load(str(entry.reference))
+            ref = np.asarray(ref_img.dataobj, dtype=np.uint8)
         return label_figures(pred, ref, mask.affine, entry.convention)
 
     def _stats_of(self, entry: Any) -> dict[str, Any]:

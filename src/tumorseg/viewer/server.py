@@ -519,7 +519,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif len(parts) == 2 and parts[0] == "static":
                 self._send(200, asset(parts[1]), ASSETS[parts[1]])
             elif parts == ["api", "cases"]:
-                page = self.server.cases.page(
+                listing = self.server.cases.page(
                     offset=_integer(query, "offset", 0),
                     limit=_integer(query, "limit", 100),
                     sort=query.get("sort", "case_id"),
@@ -528,7 +528,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 self._json(
                     {
-                        **page,
+                        **listing,
                         "models": self.server.jobs.models,
                         "classes": list(CLASSES),
                         "max_upload_mb": self.server.max_upload_bytes / 2**20,
