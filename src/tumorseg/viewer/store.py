@@ -312,16 +312,6 @@ class ResultsStore:
         """
         return self.load(self.get(case_id)).summary
 
-    def summaries(self) -> list[dict[str, Any]]:
-        """:meth:`summary` of every case (cases that fail to load carry an ``error``)."""
-        out = []
-        for case_id, entry in self.cases().items():
-            try:
-                out.append(self.load(entry).summary)
-            except Exception as err:  # one broken file must not hide the other cases
-                out.append({"case_id": case_id, "error": f"{type(err).__name__}: {err}"})
-        return out
-
 
 def _oriented(volume: np.ndarray, view: str, index: int) -> np.ndarray:
     """A 2D cut for display: radiological (patient's right on the left), superior/anterior up."""
