@@ -80,6 +80,7 @@ class CaseVolumes:
         zooms: voxel size in mm along X, Y, Z.
         voxel_ml: volume of one voxel in mL.
         affine: voxel-to-world (RAS mm) affine of the RAS+ ordered volumes.
+        crop: the box the page's volumes are cut to (set on first use).
     """
 
     images: dict[str, np.ndarray]
@@ -89,6 +90,7 @@ class CaseVolumes:
     zooms: tuple[float, float, float]
     voxel_ml: float
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    crop: tuple[slice, slice, slice] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -156,6 +158,7 @@ class ResultsStore:
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, float], CaseVolumes] = OrderedDict()
         self._volume_cache: OrderedDict[tuple[str, float, str], bytes] = OrderedDict()
+        self._scan: tuple[tuple[int, int], dict[str, CaseEntry]] | None = None
 
     @property
     def uploads_dir(self) -> Path:
@@ -171,8 +174,28 @@ class ResultsStore:
         single = folder / "image.nii.gz"
         return (single,) if single.is_file() else ()
 
+    def _stamp(self) -> tuple[int, int]:
+        """Modification times of the output and uploads folders: a mask or an uploaded
+        study's folder added, renamed or removed changes them."""
+        try:
+            uploads = self.uploads_dir.stat().st_mtime_ns
+        except OSError:
+            uploads = 0
+        return self.output_dir.stat().st_mtime_ns, uploads
+
     def cases(self) -> dict[str, CaseEntry]:
-        """Scan the output folder: case id -> files, sorted by case id."""
+        """Scan the output folder: case id -> files, sorted by case id (the scan is kept
+        while the folders are unchanged)."""
+        stamp = self._stamp()
+        with self._lock:
+            if self._scan is not None and self._scan[0] == stamp:
+                return dict(self._scan[1])
+        found = self._scan_cases()
+        with self._lock:
+            self._scan = (stamp, found)
+        return dict(found)
+
+    def _scan_cases(self) -> dict[str, CaseEntry]:
         found: dict[str, CaseEntry] = {}
         # One directory listing each (a stat per file would cost seconds with 1,000s of cases).
         with os.scandir(self.output_dir) as listing:

@@ -103,7 +103,9 @@ def volume_nifti(vol: Any, name: str) -> bytes:
     Raises:
         ValueError: for a name the case does not have (the names it has are listed).
     """
-    box = crop_box(vol)
+    if vol.crop is None:
+        vol.crop = crop_box(vol)
+    box = vol.crop
     if name in vol.images:
         data = _compact(vol.images[name][box])
     elif name == "pred":
