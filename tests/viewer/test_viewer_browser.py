@@ -316,6 +316,7 @@ def test_upload_segments_and_opens_in_the_page(
     _assert_local(_requested_urls(browser))
 
 
+@pytest.mark.slow  # 60-90 s: reading and cropping a 240x240x155 study on a shared core
 @pytest.mark.shared_data
 def test_real_study_screenshot(browser: Any, tmp_path: Path) -> None:
     """TCGA-DU-7294 with one BraTS 2020 algorithm's segmentation as the "prediction"."""
