@@ -208,6 +208,14 @@ def test_niivue_case_crosshair_window_toggles_and_3d(browser: Any, live: Any) ->
     second = _voxel(browser)
     values = [re.search(r"flair (-?[\d.]+)", t).group(1) for t in (first, second)]  # type: ignore[union-attr]
     assert first != before and values[0] != values[1], (before, first, second)
+    # Hovering shows the voxel under the pointer without moving the crosshair.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    canvas = browser.find_element(By.ID, "nv-pred")
+    ActionChains(browser).move_to_element_with_offset(canvas, -125, 95).perform()
+    time.sleep(0.4)
+    hovered = _voxel(browser)
+    assert hovered.startswith("pointer") and hovered != second, (second, hovered)
 
     # Window/level changes the rendered pixels.
     shown = _pixels(browser, "nv-pred")
@@ -234,8 +242,6 @@ def test_niivue_case_crosshair_window_toggles_and_3d(browser: Any, live: Any) ->
     browser.find_element(By.CSS_SELECTOR, ".cls[value=ET]").click()
 
     # The 3D view turns when dragged.
-    from selenium.webdriver.common.action_chains import ActionChains
-
     canvas3d = browser.find_element(By.ID, "nv-3d")
     ActionChains(browser).move_to_element(canvas3d).click_and_hold().move_by_offset(
         80, 20

@@ -176,6 +176,16 @@
     nvMain.broadcastTo([nvRef], { '2d': true, '3d': false });
     nvRef.broadcastTo([nvMain], { '2d': true, '3d': false });
     nvMain.onLocationChange = readout; nvRef.onLocationChange = readout;
+    // Hovering shows the voxel under the pointer; leaving the canvas shows the crosshair's again.
+    for (const nv of [nvMain, nvRef]) {
+      nv.canvas.addEventListener('mousemove', (e) => {
+        if (!state.ready || !nv.volumes.length) return;
+        const r = nv.canvas.getBoundingClientRect(); const dpr = nv.uiData.dpr || 1;
+        const frac = nv.canvasPos2frac([(e.clientX - r.left) * dpr, (e.clientY - r.top) * dpr]);
+        if (frac[0] >= 0) readout({ mm: nv.frac2mm(frac) }, 'pointer');
+      });
+      nv.canvas.addEventListener('mouseleave', () => { if (state.ready) nvMain.createOnLocationChange(); });
+    }
     const intensity = (vol) => {
       if (!state.modality || !vol || !vol.name.startsWith(state.modality + '.')) return;
       state.windows[state.modality] = [vol.cal_min, vol.cal_max];
@@ -228,9 +238,10 @@
     nv3d.setRenderAzimuthElevation(110, 20);
     nv3d.updateGLVolume();
   }
-  function readout(data) {
+  function readout(data, where) {
     const s = state.summary; if (!s || !data || !data.mm) return;
-    const mm = Array.from(data.mm).slice(0, 3); const parts = [mm.map((x) => x.toFixed(1)).join(' x ') + ' mm'];
+    const mm = Array.from(data.mm).slice(0, 3);
+    const parts = [(where || 'crosshair') + ' ' + mm.map((x) => x.toFixed(1)).join(' x ') + ' mm'];
     const val = (img) => {
       if (!img) return null;
       const v = img.mm2vox(mm);
@@ -241,7 +252,7 @@
     parts.push('prediction ' + labelName(val(state.lookup.pred)));
     if (s.has_reference) parts.push('reference ' + labelName(val(state.lookup.ref)));
     $('voxel').textContent = parts.join(' | ');
-    state.location = mm;
+    if (!where) state.location = mm;
   }
   async function refreshLookup() {
     const s = state.summary;
