@@ -255,7 +255,7 @@ def test_an_unexpected_error_is_a_500_answer(server: Any, monkeypatch: pytest.Mo
     def broken() -> Any:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(server.store, "summaries", broken)
+    monkeypatch.setattr(server.cases, "rows", broken)
     status, body = request(f"{server.url}/api/cases")
     assert status == 500 and "error" in json.loads(body)
     assert request(f"{server.url}/api/cases/SYN2021_000")[0] == 200  # still serving

@@ -1,4 +1,5 @@
-"""`tumorseg report`: a static HTML page with PNG montages and GIFs of every case."""
+"""`tumorseg report`: a static HTML page with PNG montages and GIFs of every case, and the
+interactive NiiVue viewer of ``tumorseg view`` in the same folder (opens from disk)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ def register(subparsers: Any) -> None:
     """Add the ``report`` verb."""
     p = subparsers.add_parser(
         "report",
-        help="static HTML report with slice montages and GIFs (share without a server)",
+        help="static HTML report with slice montages, GIFs and the 3D viewer (no server needed)",
         description=(
             "Write <dest>/index.html with, per case of the output folder, a PNG montage of "
             "axial slices through the tumour with the segmentation overlaid (and the reference "
-            "with --data) and an animated GIF through all slices."
+            "with --data) and an animated GIF through all slices, and <dest>/viewer.html: the "
+            "viewer of `tumorseg view` (NiiVue: crosshair, window/level, 3D) with every case's "
+            "volumes, which opens from disk with no server and no network."
         ),
     )
     p.add_argument("--dir", required=True, help="output folder of <case_id>.nii.gz masks")
@@ -25,6 +28,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--modality", default="flair", help="image under the overlay (%(default)s)")
     p.add_argument("--slices", type=int, default=12, help="slices per montage (%(default)s)")
     p.add_argument("--no-gif", action="store_true", help="skip the animated GIFs")
+    p.add_argument(
+        "--no-viewer", action="store_true", help="skip viewer.html and the cases' volumes"
+    )
     p.add_argument(
         "--label-convention",
         choices=["brats2021", "brats2023", "msd"],
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         modality=args.modality,
         montage_slices=args.slices,
         gif=not args.no_gif,
+        viewer=not args.no_viewer,
     )
     print(f"tumorseg report: wrote {index}")
     return 0

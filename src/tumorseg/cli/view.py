@@ -17,16 +17,23 @@ def register(subparsers: Any) -> None:
     """Add the ``view`` verb."""
     p = subparsers.add_parser(
         "view",
-        help="web viewer of segmentations (slices with the overlay; upload a new study)",
+        help="web viewer of segmentations (NiiVue: crosshair, window/level, 3D; uploads)",
         description=(
             "Serve a web app on 127.0.0.1 listing the masks of an output folder with their "
-            "region volumes (and Dice with --data references), showing axial, coronal and "
-            "sagittal slices with the segmentation overlaid, and segmenting uploaded studies "
-            "with the bundle's network."
+            "region volumes (from volumes.csv) and Dice (from evaluate's per_case.csv, or "
+            "computed with --data references), drawing each case in the browser with NiiVue "
+            "(linked axial, coronal and sagittal views, window/level, 3D, the reference side "
+            "by side or as outline on fill), and segmenting uploaded studies with the bundle's "
+            "network."
         ),
     )
     p.add_argument("--dir", required=True, help="output folder of <case_id>.nii.gz masks")
     p.add_argument("--data", help="dataset folder with the images and reference labels")
+    p.add_argument(
+        "--metrics",
+        help="per-case table with dice_WT, dice_TC, dice_ET columns for the case list "
+        "(default <dir>/per_case.csv when present, as written by `tumorseg evaluate -o <dir>`)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=8050, help="TCP port (default %(default)s)")
     p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle for uploads (%(default)s)")
@@ -94,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         label_convention=args.label_convention,
         allowed_hosts=args.allowed_host,
+        metrics_csv=args.metrics,
     )
     print(f"tumorseg view: serving {args.dir} at {server.url}/ (Ctrl-C to stop)", flush=True)
     try:

@@ -1,20 +1,29 @@
-"""``tumorseg report``: a static HTML page with PNG montages and GIFs, to share without a server.
+"""``tumorseg report``: a static HTML page with PNG montages and GIFs, to share without a server,
+and the same NiiVue viewer as ``tumorseg view``, opening from disk.
 
-Everything the page needs sits beside it (``index.html``, ``<case>_montage.png``,
-``<case>_axial.gif``), so the folder can be zipped and mailed.
+Everything the pages need sits beside them (``index.html``, ``<case>_montage.png``,
+``<case>_axial.gif``; ``viewer.html`` with ``niivue.umd.js``, ``viewer.js``, ``viewer.css``,
+``cases.js`` and ``volumes/case-<n>.js``), so the folder can be zipped and mailed. The viewer's
+volumes are base64 text inside scripts because a page opened from disk (``file://``) may load
+scripts but not fetch files.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import io
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from tumorseg.conventions import CLASSES, REGIONS
 from tumorseg.io import atomic_write_bytes, atomic_write_text
+from tumorseg.viewer.assets import ASSETS, asset
+from tumorseg.viewer.page import render_page
 from tumorseg.viewer.store import CLASS_COLOURS, CaseVolumes, ResultsStore, render_slice
 
 __all__ = ["build_report"]
@@ -103,6 +112,7 @@ def build_report(
     columns: int = 6,
     gif: bool = True,
     max_frames: int = 64,
+    viewer: bool = True,
 ) -> Path:
     """Write a static report of every case of an output folder.
 
@@ -116,6 +126,8 @@ def build_report(
         columns: montage tiles per row.
         gif: also write an animated GIF through all axial slices.
         max_frames: most frames per GIF.
+        viewer: also write ``viewer.html``, the interactive NiiVue viewer of every case, with
+            its scripts and the cases' cropped volumes (opens from disk, no server).
 
     Returns:
         The path of ``index.html``.
@@ -137,8 +149,11 @@ def build_report(
         for c in CLASSES
     )
     sections = []
-    for case_id, entry in cases.items():
+    static: dict[str, Any] = {"cases": [], "summaries": {}}
+    for number, (case_id, entry) in enumerate(cases.items()):
         vol = store.load(entry)
+        if viewer:
+            _write_case_volumes(store, case_id, vol, folder, number, static)
         mod = modality if modality in vol.images else next(iter(vol.images), None)
         # Case ids come from file names on this machine; the files are still named from
         # a fixed pattern and every id is escaped in the page.
@@ -177,7 +192,45 @@ def build_report(
         "<style>body{font-family:system-ui,sans-serif;margin:16px}img{max-width:100%}</style>"
         f"</head><body><h1>Segmentation report</h1><p>{legend}</p>"
         f"<p>{len(cases)} case(s) from {html.escape(str(store.output_dir))}</p>"
+        + (
+            '<p><a href="viewer.html">Open the interactive viewer</a> (NiiVue, in this folder: '
+            "window/level, crosshair, 3D)</p>"
+            if viewer
+            else ""
+        )
         + "\n<hr>\n".join(sections)
         + "</body></html>\n"
     )
+    if viewer:
+        for name in ASSETS:
+            atomic_write_bytes(folder / name, asset(name))
+        atomic_write_text(folder / "cases.js", f"window.TUMORSEG_STATIC = {json.dumps(static)};\n")
+        atomic_write_text(
+            folder / "viewer.html", render_page(token=None, prefix="", data_script="cases.js")
+        )
     return atomic_write_text(folder / "index.html", page)
+
+
+def _write_case_volumes(
+    store: ResultsStore,
+    case_id: str,
+    vol: CaseVolumes,
+    folder: Path,
+    number: int,
+    static: dict[str, Any],
+) -> None:
+    """``volumes/case-<number>.js`` (the case's volumes, base64) and its entries in ``static``."""
+    script = f"volumes/case-{number:04d}.js"
+    summary = dict(vol.summary, volume_script=script)
+    volumes = {
+        name: base64.b64encode(store.volume(case_id, name)).decode("ascii")
+        for name in summary["volumes"]
+    }
+    atomic_write_text(
+        folder / script,
+        f"window.TUMORSEG_VOLUMES[{json.dumps(case_id)}] = {json.dumps(volumes)};\n",
+    )
+    static["summaries"][case_id] = summary
+    static["cases"].append(
+        {k: summary[k] for k in ("case_id", "volumes_ml", "dice", "has_reference", "modalities")}
+    )

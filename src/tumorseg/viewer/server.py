@@ -1,11 +1,17 @@
-"""The viewer's HTTP server (stdlib ``ThreadingHTTPServer``): a page, a JSON API, PNG slices.
+"""The viewer's HTTP server (stdlib ``ThreadingHTTPServer``): a page, a JSON API, NIfTI volumes.
 
 Routes (case ids are looked up in the scanned output folder, never joined into a path):
 
-- ``GET /``: the page (it carries a session token); ``GET /api/session``: a session token as
-  JSON, for scripts; ``GET /api/cases``, ``GET /api/cases/<id>``: summaries;
+- ``GET /``: the page (it carries a session token); ``GET /static/<name>``: its scripts
+  (:data:`~tumorseg.viewer.assets.ASSETS` only: NiiVue and the page's code);
+  ``GET /api/session``: a session token as JSON, for scripts;
+- ``GET /api/cases?offset=0&limit=100&sort=case_id&order=asc&q=text``: one page of the case
+  list (:meth:`~tumorseg.viewer.caselist.CaseIndex.page`: volumes from ``volumes.csv``, no
+  image read); ``GET /api/cases/<id>``: one case's summary (shape, windows, labels, Dice);
+- ``GET /api/volume/<id>/<name>.nii.gz``: a modality, ``pred``, ``ref`` or ``pred_outline``,
+  cropped and gzipped, for NiiVue in the page;
 - ``GET /api/slice/<id>?view=axial&index=N&modality=flair&source=pred&opacity=0.5``
-  ``&classes=NCR,ED,ET``: one slice as PNG;
+  ``&classes=NCR,ED,ET``: one slice as PNG (for scripts and the static report);
 - ``GET /api/mask/<id>``: the mask file, as a download;
 - ``POST /api/upload`` (multipart: ``flair``, ``t1``, ``t1ce``, ``t2`` files, or ``archive`` (zip)
   or ``image`` (4D NIfTI), and ``model``); ``GET /api/jobs/<job id>``: progress.
@@ -45,6 +51,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from tumorseg.conventions import CLASSES
+from tumorseg.viewer.assets import ASSETS, asset
+from tumorseg.viewer.caselist import CaseIndex
 from tumorseg.viewer.jobs import JobManager, PredictorFactory
 from tumorseg.viewer.page import PAGE, TOKEN_PLACEHOLDER
 from tumorseg.viewer.store import ResultsStore, render_slice
@@ -67,6 +75,16 @@ _REFUSED_DRAIN_LIMIT = 2**20
 _TOKEN_HEADER = "X-Tumorseg-Token"
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _FILE_FIELDS = ("flair", "t1", "t1ce", "t2", "archive", "image")
+_NII = ".nii.gz"
+
+
+def _integer(query: Mapping[str, str], key: str, default: int) -> int:
+    text = query.get(key)
+    if text is None:
+        return default
+    if not text.strip().isdigit():
+        raise ValueError(f"{key} must be a non-negative integer, got {text!r}")
+    return int(text)
 
 
 class ViewerServer(ThreadingHTTPServer):
@@ -76,6 +94,7 @@ class ViewerServer(ThreadingHTTPServer):
         address: ``(host, port)``; port 0 picks a free one.
         store: the output folder's cases.
         jobs: the upload job manager.
+        cases: the case list (default: over ``store``, without a metrics table).
         limits: upload limits (body size, voxels, compression ratio, parts).
         max_concurrent_uploads: uploads read and validated at once; more get 429.
         max_connections: connections served at once; more get 503.
@@ -101,9 +120,11 @@ class ViewerServer(ThreadingHTTPServer):
         request_timeout: float = 30.0,
         body_timeout: float = 300.0,
         allowed_hosts: Sequence[str] = (),
+        cases: CaseIndex | None = None,
     ) -> None:
         super().__init__(address, _Handler)
         self.store = store
+        self.cases = cases if cases is not None else CaseIndex(store)
         self.jobs = jobs
         self.limits = limits
         self.request_timeout = request_timeout
@@ -298,6 +319,7 @@ def make_server(
     request_timeout: float = 30.0,
     body_timeout: float = 300.0,
     allowed_hosts: Sequence[str] = (),
+    metrics_csv: str | None = None,
 ) -> ViewerServer:
     """Build (not start) the viewer's server.
 
@@ -318,12 +340,15 @@ def make_server(
         request_timeout: seconds a socket may stay silent.
         body_timeout: seconds an upload body may take to arrive.
         allowed_hosts: more names the ``Host`` header may carry.
+        metrics_csv: per-case table with ``dice_WT``, ``dice_TC``, ``dice_ET`` columns (the
+            ``per_case.csv`` of ``tumorseg evaluate``) for the case list; default
+            ``<output_dir>/per_case.csv`` when present.
 
     Peak memory of uploads is about ``max_concurrent_uploads x (max_upload_mb + 2 x
     max_study_mb)``.
 
     Raises:
-        FileNotFoundError: for a missing output or dataset folder.
+        FileNotFoundError: for a missing output or dataset folder, or metrics table.
         ValueError: for a non-positive limit.
     """
     numbers = {
@@ -341,6 +366,7 @@ def make_server(
         if not value > 0:
             raise ValueError(f"{key} must be positive, got {value}")
     store = ResultsStore(output_dir, data_dir=data_dir, label_convention=label_convention)
+    cases = CaseIndex(store, metrics_csv=metrics_csv)
     jobs = JobManager(store, factories or {}, max_pending=max_pending_jobs)
     limits = UploadLimits(
         max_body_bytes=int(max_upload_mb * 2**20),
@@ -358,6 +384,7 @@ def make_server(
         request_timeout=request_timeout,
         body_timeout=body_timeout,
         allowed_hosts=allowed_hosts,
+        cases=cases,
     )
 
 
@@ -489,10 +516,19 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     page = PAGE.replace(TOKEN_PLACEHOLDER, token).encode()
                     self._send(200, page, "text/html; charset=utf-8", **headers)
+            elif len(parts) == 2 and parts[0] == "static":
+                self._send(200, asset(parts[1]), ASSETS[parts[1]])
             elif parts == ["api", "cases"]:
+                listing = self.server.cases.page(
+                    offset=_integer(query, "offset", 0),
+                    limit=_integer(query, "limit", 100),
+                    sort=query.get("sort", "case_id"),
+                    order=query.get("order", "asc"),
+                    query=query.get("q", ""),
+                )
                 self._json(
                     {
-                        "cases": self.server.store.summaries(),
+                        **listing,
                         "models": self.server.jobs.models,
                         "classes": list(CLASSES),
                         "max_upload_mb": self.server.max_upload_bytes / 2**20,
@@ -500,6 +536,9 @@ class _Handler(BaseHTTPRequestHandler):
                 )
             elif len(parts) == 3 and parts[:2] == ["api", "cases"]:
                 self._json(self.server.store.summary(parts[2]))
+            elif len(parts) == 4 and parts[:2] == ["api", "volume"] and parts[3].endswith(_NII):
+                data = self.server.store.volume(parts[2], parts[3][: -len(_NII)])
+                self._send(200, data, "application/octet-stream")
             elif len(parts) == 3 and parts[:2] == ["api", "slice"]:
                 self._slice(parts[2], query)
             elif len(parts) == 3 and parts[:2] == ["api", "mask"]:

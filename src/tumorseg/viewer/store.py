@@ -9,7 +9,6 @@ table: no client string is joined into a path.
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import threading
@@ -20,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from tumorseg.conventions import CHANNEL_ORDER, CLASSES, REGIONS, get_convention, get_layout
+from tumorseg.conventions import CHANNEL_ORDER, CLASSES, get_convention, get_layout
 from tumorseg.io import is_temporary
+from tumorseg.viewer.caselist import label_figures
+from tumorseg.viewer.volumes import LABEL_VOLUMES, label_table, volume_nifti
 
 __all__ = [
     "CLASS_COLOURS",
@@ -45,6 +46,7 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 _MASK_SUFFIXES = (".nii.gz", ".nii")
 _CACHE_CASES = 4
+_CACHE_VOLUMES = 12
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class CaseVolumes:
         ref: reference labels on the same grid, or None.
         zooms: voxel size in mm along X, Y, Z.
         voxel_ml: volume of one voxel in mL.
+        affine: voxel-to-world (RAS mm) affine of the RAS+ ordered volumes.
+        crop: the box the page's volumes are cut to (set on first use).
     """
 
     images: dict[str, np.ndarray]
@@ -85,6 +89,8 @@ class CaseVolumes:
     ref: np.ndarray | None
     zooms: tuple[float, float, float]
     voxel_ml: float
+    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    crop: tuple[slice, slice, slice] | None = None
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,14 +110,9 @@ def _window(volume: np.ndarray) -> tuple[float, float]:
     return float(low), float(max(high, low + 1e-6))
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else float(2 * int((a & b).sum()) / total)
-
-
 def _mask_case_id(path: Path) -> str | None:
     name = path.name
-    if is_temporary(path) or name.startswith("."):
+    if name.startswith(".") or is_temporary(path):
         return None
     for suffix in _MASK_SUFFIXES:
         if name.endswith(suffix):
@@ -156,6 +157,8 @@ class ResultsStore:
         self.convention = get_convention(label_convention or layout_convention or "brats2021").name
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, float], CaseVolumes] = OrderedDict()
+        self._volume_cache: OrderedDict[tuple[str, float, str], bytes] = OrderedDict()
+        self._scan: tuple[tuple[int, int], dict[str, CaseEntry]] | None = None
 
     @property
     def uploads_dir(self) -> Path:
@@ -171,15 +174,47 @@ class ResultsStore:
         single = folder / "image.nii.gz"
         return (single,) if single.is_file() else ()
 
+    def _stamp(self) -> tuple[int, int]:
+        """Modification times of the output and uploads folders: a mask or an uploaded
+        study's folder added, renamed or removed changes them."""
+        try:
+            uploads = self.uploads_dir.stat().st_mtime_ns
+        except OSError:
+            uploads = 0
+        return self.output_dir.stat().st_mtime_ns, uploads
+
     def cases(self) -> dict[str, CaseEntry]:
-        """Scan the output folder: case id -> files, sorted by case id."""
+        """Scan the output folder: case id -> files, sorted by case id (the scan is kept
+        while the folders are unchanged)."""
+        stamp = self._stamp()
+        with self._lock:
+            if self._scan is not None and self._scan[0] == stamp:
+                return dict(self._scan[1])
+        found = self._scan_cases()
+        with self._lock:
+            self._scan = (stamp, found)
+        return dict(found)
+
+    def _scan_cases(self) -> dict[str, CaseEntry]:
         found: dict[str, CaseEntry] = {}
-        for path in sorted(self.output_dir.iterdir()):
+        # One directory listing each (a stat per file would cost seconds with 1,000s of cases).
+        with os.scandir(self.output_dir) as listing:
+            masks = sorted(e.path for e in listing if e.is_file())
+        try:
+            with os.scandir(self.uploads_dir) as listing:
+                uploaded = {e.name for e in listing if e.is_dir()}
+        except OSError:
+            uploaded = set()
+        for name in masks:
+            path = Path(name)
             case_id = _mask_case_id(path)
-            if case_id is None or not path.is_file() or case_id in found:
+            if case_id is None or case_id in found:
                 continue
             data = self._data_cases.get(case_id)
-            images = tuple(data.images) if data is not None else self.uploaded_images(case_id)
+            if data is not None:
+                images: tuple[Path, ...] = tuple(data.images)
+            else:
+                images = self.uploaded_images(case_id) if case_id in uploaded else ()
             reference = data.label if data is not None else None
             found[case_id] = CaseEntry(case_id, path, images, reference, self.convention)
         return found
@@ -235,19 +270,16 @@ class ResultsStore:
             ref=ref,
             zooms=(zooms[0], zooms[1], zooms[2]),
             voxel_ml=float(np.prod(zooms)) / 1000.0,
+            affine=np.asarray(img.affine, dtype=np.float64),
         )
         volumes.summary = self._summary(entry, volumes)
         return volumes
 
     def _summary(self, entry: CaseEntry, vol: CaseVolumes) -> dict[str, Any]:
         conv = get_convention(entry.convention)
-        volumes, dice = {}, {}
-        for region in REGIONS:
-            values = list(conv.region_values(region))
-            in_pred = np.isin(vol.pred, values)
-            volumes[region] = round(float(in_pred.sum()) * vol.voxel_ml, 3)
-            if vol.ref is not None:
-                dice[region] = round(_dice(in_pred, np.isin(vol.ref, values)), 4)
+        figures = label_figures(vol.pred, vol.ref, vol.affine, entry.convention)
+        volumes = {r: round(v, 3) for r, v in figures["volumes_ml"].items()}
+        dice = {r: round(v, 4) for r, v in figures.get("dice", {}).items()}
         wt = np.isin(vol.pred, list(conv.region_values("WT")))
         # Open on the slices through the tumour's centre, not on the volume's middle.
         focus = (
@@ -255,6 +287,7 @@ class ResultsStore:
             if wt.any()
             else [s // 2 for s in vol.pred.shape]
         )
+        has_ref = vol.ref is not None
         return {
             "case_id": entry.case_id,
             "shape": list(vol.pred.shape),
@@ -264,7 +297,35 @@ class ResultsStore:
             "volumes_ml": volumes,
             "dice": dice or None,
             "focus": focus,
+            "focus_mm": [float(v) for v in (vol.affine @ [*focus, 1.0])[:3]],
+            "windows": {k: list(v) for k, v in vol.windows.items()},
+            "labels": label_table(entry.convention, CLASS_COLOURS),
+            "volumes": [*vol.images, *(n for n in LABEL_VOLUMES if n != "ref" or has_ref)],
         }
+
+    def volume(self, case_id: str, name: str) -> bytes:
+        """One volume of a case as gzipped NIfTI (:func:`~tumorseg.viewer.volumes.volume_nifti`).
+
+        Args:
+            case_id: the case.
+            name: a modality (``flair``, ...), ``pred``, ``ref`` or ``pred_outline``.
+
+        Raises:
+            KeyError: for an unknown case id.
+            ValueError: for a volume the case does not have.
+        """
+        entry = self.get(case_id)
+        key = (entry.case_id, entry.mask.stat().st_mtime, name)
+        with self._lock:
+            if key in self._volume_cache:
+                self._volume_cache.move_to_end(key)
+                return self._volume_cache[key]
+        data = volume_nifti(self.load(entry), name)
+        with self._lock:
+            self._volume_cache[key] = data
+            while len(self._volume_cache) > _CACHE_VOLUMES:
+                self._volume_cache.popitem(last=False)
+        return data
 
     def summary(self, case_id: str) -> dict[str, Any]:
         """Shape, modalities, region volumes (mL), Dice (with a reference) of one case.
@@ -273,24 +334,6 @@ class ResultsStore:
             KeyError: for an unknown case id.
         """
         return self.load(self.get(case_id)).summary
-
-    def summaries(self) -> list[dict[str, Any]]:
-        """:meth:`summary` of every case (cases that fail to load carry an ``error``)."""
-        out = []
-        for case_id, entry in self.cases().items():
-            try:
-                out.append(self.load(entry).summary)
-            except Exception as err:  # one broken file must not hide the other cases
-                out.append({"case_id": case_id, "error": f"{type(err).__name__}: {err}"})
-        return out
-
-    def volumes_csv(self) -> dict[str, dict[str, str]]:
-        """Rows of ``volumes.csv`` by case id (empty when absent), as written by inference."""
-        path = self.output_dir / "volumes.csv"
-        if not path.is_file():
-            return {}
-        with path.open(newline="") as fh:
-            return {row["case_id"]: row for row in csv.DictReader(fh) if "case_id" in row}
 
 
 def _oriented(volume: np.ndarray, view: str, index: int) -> np.ndarray:
