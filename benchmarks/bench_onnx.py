@@ -65,18 +65,18 @@ def _prepare(overrides: dict[str, Any], ckpt: Path, onnx: Path) -> dict[str, Any
     """Random weights saved, and exported to ONNX (with the export's parity check)."""
     import torch
 
-    from tumorseg.inference import Predictor
+    from tumorseg.inference import load_bundle
     from tumorseg.inference.export import export_network
 
+    config = load_bundle(BUNDLE, overrides=overrides)
     torch.manual_seed(0)
-    predictor = Predictor.from_bundle(BUNDLE, overrides=overrides, device="cpu")
-    torch.save(predictor.network.state_dict(), ckpt)
+    network = config.get_parsed_content("network_def")
+    torch.save(network.state_dict(), ckpt)
     start = time.perf_counter()
-    report = export_network(
-        predictor.network, onnx, export_format="onnx", roi_size=predictor.roi_size, in_channels=4
-    )
+    roi = config.get_parsed_content("roi_size")
+    report = export_network(network, onnx, export_format="onnx", roi_size=roi, in_channels=4)
     return {
-        "params_m": sum(p.numel() for p in predictor.network.parameters()) / 1e6,
+        "params_m": sum(p.numel() for p in network.parameters()) / 1e6,
         "export_s": time.perf_counter() - start,
         "parity": max(report.max_abs_diff.values()),
     }

@@ -141,3 +141,44 @@ def write_dicom_study(
             frame_uid=frame_uid,
         )
     return out
+
+
+def seg_labels_on_grid(
+    seg_path: Path, affine: np.ndarray, shape: tuple[int, ...], classes: dict[str, int]
+) -> np.ndarray:
+    """Decode a DICOM-SEG with highdicom and resample it (nearest voxel) onto a RAS grid.
+
+    Segments are mapped to label values by their segment label (``classes``: name -> value);
+    grid voxels outside the SEG's volume (empty frames are omitted) are 0. The SEG voxel
+    centres must coincide with grid voxel centres (to 1e-3 voxel), else the grids differ.
+    """
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(seg_path))
+    volume = seg.get_volume(combine_segments=True, relabel=False)
+    numbers = np.asarray(volume.array)
+    labels = np.zeros(numbers.shape, np.uint8)
+    for number in seg.get_segment_numbers():
+        labels[numbers == number] = classes[seg.get_segment_description(number).segment_label]
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    world_lps = (LPS_TO_RAS @ np.asarray(affine, np.float64))[:3] @ np.c_[ijk, np.ones(len(ijk))].T
+    seg_index = (volume.inverse_affine[:3] @ np.r_[world_lps, np.ones((1, len(ijk)))]).T
+    nearest = np.rint(seg_index).astype(int)
+    assert np.abs(seg_index - nearest).max() < 1e-3, "the SEG's grid is not the source's"
+    inside = np.all((nearest >= 0) & (nearest < np.array(labels.shape)), axis=1)
+    out = np.zeros(len(ijk), np.uint8)
+    out[inside] = labels[tuple(nearest[inside].T)]
+    return out.reshape(shape)
+
+
+def referenced_uids(seg_path: Path) -> dict[str, set[str]]:
+    """SeriesInstanceUID -> the SOPInstanceUIDs a SEG references (ReferencedSeriesSequence)."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(seg_path), stop_before_pixels=True)
+    return {
+        item.SeriesInstanceUID: {
+            i.ReferencedSOPInstanceUID for i in item.ReferencedInstanceSequence
+        }
+        for item in ds.ReferencedSeriesSequence
+    }
