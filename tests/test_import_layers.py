@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a module may import its own layer and the ones below)::
 
-    conventions, io, ranks (and the package root, for __version__)
+    conventions, io, io_dicom, ranks (and the package root, for __version__)
     data, transforms
     metrics, networks, losses
     training, inference, tracking
