@@ -37,9 +37,13 @@ BUNDLE = REPO / "bundles" / "brats_mri_segmentation"
 REAL_STUDY = REPO.parent / "shared" / "data" / "brats2020_layout" / "TCGA-DU-7294"
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
+#: One window per network call in both arms: the 2-core machine shared by several people has
+#: too little free memory for the bundle's four (ONNX Runtime was killed for memory).
+SW_BATCH_SIZE = {"sw_batch_size": 1}
 NETWORKS: dict[str, dict[str, Any]] = {
-    "bundle default": {},
+    "bundle default": {**SW_BATCH_SIZE},
     "nnU-Net-sized": {
+        **SW_BATCH_SIZE,
         "filters": [32, 64, 128, 256, 320, 320],
         "network_def#kernel_size": [3, 3, 3, 3, 3, 3],
         "network_def#strides": [1, 2, 2, 2, 2, [1, 2, 2]],
@@ -128,7 +132,10 @@ def _in_child(backend: str, net: str, ckpt: Path, onnx: Path, files: list[Path])
     ]
     proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child {backend} {net} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"benchmark child {backend} {net} failed (exit {proc.returncode}; -9: killed, "
+            f"out of memory?):\n{proc.stderr[-3000:]}"
+        )
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
@@ -152,7 +159,7 @@ def run(repeats: int = 2) -> str:
             same = {r["voxels"] for b in BACKENDS for r in runs[b]}
             rows.append((net, prep, runs, ratios, same))
     lines = []
-    for net, prep, runs, ratios, same in rows:
+    for net, prep, runs, ratios, _same in rows:
         for backend in BACKENDS:
             walls = [r["wall"] for r in runs[backend]]
             nets = [r["network"] for r in runs[backend]]
@@ -174,7 +181,7 @@ def run(repeats: int = 2) -> str:
     threads = rows[0][2]["pytorch"][0]["threads"]
     return f"""## PyTorch vs ONNX Runtime, whole case on CPU (issue 20)
 
-{what}, bundle preprocessing, roi 96^3, overlap 0.5, sw_batch_size 4, {threads} threads in
+{what}, bundle preprocessing, roi 96^3, overlap 0.5, sw_batch_size 1, {threads} threads in
 both backends, fresh process per run, {repeats} alternating runs per arm
 (`python benchmarks/bench_onnx.py`).
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from _dicom_utils import referenced_uids, seg_labels_on_grid, write_dicom_study
 from _infer_utils import (
     BUNDLE,
     TINY_FILTERS,
@@ -25,6 +24,7 @@ from _infer_utils import (
     tiny_checkpoint,
 )
 
+from _dicom_utils import referenced_uids, seg_labels_on_grid, write_dicom_study
 from tumorseg.cli import main
 from tumorseg.conventions import get_convention
 from tumorseg.data.synthetic import orientation_affine

@@ -15,9 +15,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-from _dicom_utils import referenced_uids, seg_labels_on_grid, write_dicom_study
 from _infer_utils import TINY_FILTERS, tiny_checkpoint
 
+from _dicom_utils import referenced_uids, seg_labels_on_grid, write_dicom_study
 from tumorseg.cli import main
 from tumorseg.conventions import CHANNEL_ORDER, get_convention
 
@@ -42,8 +42,9 @@ def test_real_study_dicom_round_trip_equals_nifti_mask(
         "--roi-size", "96", "96", "96", "--overlap", "0.25", "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     dicom_out, nifti_out = tmp_path / "out_dicom", tmp_path / "out_nifti"
-    assert main(["infer", "--input", str(tmp_path / "dicom"), "--output", str(dicom_out),
-                 "--output-format", "dicom-seg", *common]) == 0, capsys.readouterr().err  # fmt: skip
+    dicom_args = ["--input", str(tmp_path / "dicom"), "--output", str(dicom_out)]
+    code = main(["infer", *dicom_args, "--output-format", "dicom-seg", *common])
+    assert code == 0, capsys.readouterr().err
     assert main(["infer", "--input", str(source), "--output", str(nifti_out), *common]) == 0
 
     want = np.asanyarray(nib.load(str(nifti_out / f"{CASE}.nii.gz")).dataobj)

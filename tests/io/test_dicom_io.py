@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _dicom_utils import write_dicom_series
 
+from _dicom_utils import write_dicom_series
 from tumorseg.data.synthetic import orientation_affine
 from tumorseg.io_dicom import find_dicom_series, holds_dicom, is_dicom_file, read_dicom_series
 
