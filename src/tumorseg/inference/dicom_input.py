@@ -166,6 +166,7 @@ def load_dicom_study(study: DicomStudy) -> Any:
         CaseError: a series cannot be read, or differs from FLAIR in shape or geometry (the
             series is named).
     """
+    import torch
     from monai.data import MetaTensor
     from monai.utils import SpaceKeys
 
@@ -205,7 +206,9 @@ def load_dicom_study(study: DicomStudy) -> Any:
         "space": SpaceKeys.RAS,
         "filename_or_obj": str(study.folder),
     }
-    return MetaTensor(np.stack(channels), affine=affine.copy(), meta=meta)
+    return MetaTensor(
+        np.stack(channels), affine=torch.as_tensor(affine, dtype=torch.float64), meta=meta
+    )
 
 
 def is_dicom_input(input_dir: str | os.PathLike[str]) -> bool:
