@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``tumorseg infer``; returns the exit code."""
     # Imported here: `tumorseg --help` must not wait for torch and MONAI.
     from tumorseg.inference import Predictor, load_bundle
+    from tumorseg.inference.dicom_input import parse_dicom_map
     from tumorseg.inference.dicom_seg import SegAlgorithm
     from tumorseg.inference.folder import check_output_formats
     from tumorseg.inference.lgg import LGGInferenceReport
@@ -217,11 +218,19 @@ def run(args: argparse.Namespace) -> int:
     kaggle_3m = config.get_parsed_content("data_format") == "kaggle_3m"
     if kaggle_3m:
         _check_kaggle_3m_options(args)
+    extra: dict[str, Any] = {}
+    if not kaggle_3m:  # checked before the network is built: a typo fails at once
+        extra = {
+            "output_formats": check_output_formats(args.output_format),
+            "dicom_map": args.dicom_map,
+            "algorithm": SegAlgorithm.from_bundle(args.bundle, backend=args.backend),
+        }
+        parse_dicom_map(args.dicom_map)
+    network = _backend_network(args)
     try:
         previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:  # not the main thread (embedded use): leave signals alone
         previous = None
-    network = _backend_network(args)
     try:
         predictor = Predictor.from_config(
             config,
@@ -233,13 +242,6 @@ def run(args: argparse.Namespace) -> int:
             tta=None if kaggle_3m else args.tta,
             network=network,
         )
-        extra: dict[str, Any] = {}
-        if not kaggle_3m:
-            extra = {
-                "output_formats": check_output_formats(args.output_format),
-                "dicom_map": args.dicom_map,
-                "algorithm": SegAlgorithm.from_bundle(args.bundle, backend=args.backend),
-            }
         report = predictor.predict_folder(
             args.input,
             args.output,
