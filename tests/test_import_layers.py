@@ -2,7 +2,7 @@
 
 Layers, bottom to top (a module may import its own layer and the ones below)::
 
-    conventions, io, ranks (and the package root, for __version__)
+    conventions, io, io_dicom, ranks (and the package root, for __version__)
     data, transforms
     metrics, networks, losses
     training, inference, tracking
@@ -32,7 +32,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "src" / "tumorseg"
 
 #: Bottom to top; the names are the first component after ``tumorseg.`` ("" is the root).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("", "conventions", "io", "ranks", "checkpoint_meta", "config_errors", "bundle_run"),
+    ("", "conventions", "io", "io_dicom", "ranks", "checkpoint_meta", "config_errors", "bundle_run"),
     ("data", "transforms"),
     ("metrics", "networks", "losses"),
     ("training", "inference", "tracking"),

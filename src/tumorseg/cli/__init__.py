@@ -21,7 +21,18 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser", "CliError"]
 
 #: Verb modules, in the order `tumorseg --help` lists them.
-_VERBS = ("synth", "manifest", "demo", "infer", "evaluate", "compare", "launch", "view", "report")
+_VERBS = (
+    "synth",
+    "manifest",
+    "demo",
+    "infer",
+    "export",
+    "evaluate",
+    "compare",
+    "launch",
+    "view",
+    "report",
+)
 _CV_VERBS = ("cv", "ensemble", "postprocess", "export-nnunet")  # cross-validation, nnU-Net
 
 

@@ -104,6 +104,28 @@ def register(subparsers: Any) -> None:
         metavar="ID=VALUE",
         help="bundle config value, VALUE as JSON, e.g. filters=[16,32,64,128,256] (repeatable)",
     )
+    p.add_argument(
+        "--dicom-map",
+        metavar="MAP",
+        help="DICOM input: series descriptions of the modalities, e.g. "
+        "'flair=Ax FLAIR,t1=T1 pre,t1ce=T1 post,t2=Ax T2' (default: common names; a folder of "
+        "case folders of DICOM series is recognised without it)",
+    )
+    p.add_argument(
+        "--output-format",
+        default="nifti",
+        metavar="FORMATS",
+        help="nifti, dicom-seg (<case_id>.seg.dcm, DICOM input only) or both, comma-separated "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["pytorch", "onnxruntime"],
+        default="pytorch",
+        help="what runs the network: the bundle's PyTorch network, or ONNX Runtime on --model "
+        "(from tumorseg export); the rest of the pipeline is the same",
+    )
+    p.add_argument("--model", metavar="ONNX", help="the exported network for --backend onnxruntime")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -138,6 +160,9 @@ _3D_ONLY = {
     "overlap": None,
     "tta": False,
     "save_probabilities": False,
+    "dicom_map": None,
+    "output_format": "nifti",
+    "backend": "pytorch",
 }
 
 
@@ -170,11 +195,34 @@ def _report_kaggle_3m(report: LGGInferenceReport, output: str) -> int:
     return 0
 
 
+def _backend_network(args: argparse.Namespace) -> Any:
+    """The ONNX Runtime network for ``--backend onnxruntime`` (None: the bundle's own)."""
+    from tumorseg.cli import CliError
+
+    if args.backend == "pytorch":
+        if args.model:
+            raise CliError(f"--model {args.model!r} needs --backend onnxruntime")
+        return None
+    if not args.model:
+        raise CliError("--backend onnxruntime needs --model model.onnx (from tumorseg export)")
+    if args.checkpoint:
+        raise CliError(
+            f"--checkpoint {args.checkpoint!r} does not apply to --backend onnxruntime: the "
+            "weights are in --model"
+        )
+    from tumorseg.inference.backends import OnnxRuntimeNetwork
+
+    return OnnxRuntimeNetwork(args.model, device=args.device)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``tumorseg infer``; returns the exit code."""
     # Imported here: `tumorseg --help` must not wait for torch and MONAI.
     from tumorseg.inference import Predictor, load_bundle
+    from tumorseg.inference.dicom_input import parse_dicom_map
+    from tumorseg.inference.dicom_seg import SegAlgorithm
     from tumorseg.inference.ensemble import ensemble_from_config
+    from tumorseg.inference.folder import check_output_formats
     from tumorseg.inference.lgg import LGGInferenceReport
     from tumorseg.inference.postprocess import load_rules
 
@@ -184,6 +232,15 @@ def run(args: argparse.Namespace) -> int:
     kaggle_3m = config.get_parsed_content("data_format") == "kaggle_3m"
     if kaggle_3m:
         _check_kaggle_3m_options(args)
+    extra: dict[str, Any] = {}
+    if not kaggle_3m:  # checked before the network is built: a typo fails at once
+        extra = {
+            "output_formats": check_output_formats(args.output_format),
+            "dicom_map": args.dicom_map,
+            "algorithm": SegAlgorithm.from_bundle(args.bundle, backend=args.backend),
+        }
+        parse_dicom_map(args.dicom_map)
+    network = _backend_network(args)
     try:
         previous: Any = signal.signal(signal.SIGTERM, _raise_interrupt)
     except ValueError:  # not the main thread (embedded use): leave signals alone
@@ -195,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
             "sw_batch_size": args.sw_batch_size,
             "overlap": args.overlap,
             "tta": None if kaggle_3m else args.tta,
+            "network": network,
         }
         predictor = (
             ensemble_from_config(config, args.checkpoint, **settings)
@@ -212,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             save_probabilities=args.save_probabilities,
             progress=not args.no_progress,
+            **extra,
         )
     finally:
         if previous is not None:

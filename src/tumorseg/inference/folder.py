@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,19 @@ from tqdm.auto import tqdm
 from tumorseg.conventions import REGIONS, get_convention, get_layout
 from tumorseg.data.discovery import CaseProblem, discover_cases, parse_modality_suffixes
 from tumorseg.inference.bundle import DEFAULT_CONVENTION
+from tumorseg.inference.dicom_input import (
+    DICOM_STUDY_KEY,
+    find_dicom_cases,
+    is_dicom_input,
+    parse_dicom_map,
+)
+from tumorseg.inference.dicom_seg import (
+    DICOM_SEG_SUFFIX,
+    SegAlgorithm,
+    import_dicom_packages,
+    read_dicom_seg_labels,
+    write_dicom_seg,
+)
 from tumorseg.inference.inputs import CaseError, describe_error
 from tumorseg.inference.results import (
     PROBABILITIES_DIR,
@@ -37,14 +51,20 @@ from tumorseg.inference.results import (
     PredictionResult,
     region_volumes_ml,
 )
-from tumorseg.inference.writer import remove_stale_temporaries, write_csv_atomic
+from tumorseg.inference.writer import (
+    remove_stale_temporaries,
+    write_csv_atomic,
+    write_probabilities_atomic,
+)
 
 __all__ = [
     "FAILURES_CSV",
+    "OUTPUT_FORMATS",
     "VOLUMES_CSV",
     "FolderReport",
     "InferenceFailed",
     "OutputError",
+    "check_output_formats",
     "segment_nifti_folder",
 ]
 
@@ -52,6 +72,10 @@ logger = logging.getLogger(__name__)
 
 FAILURES_CSV = "failures.csv"
 VOLUMES_CSV = "volumes.csv"
+NIFTI = "nifti"
+DICOM_SEG = "dicom-seg"
+#: What ``--output-format`` takes.
+OUTPUT_FORMATS = (NIFTI, DICOM_SEG)
 _VOLUME_COLUMNS = ("case_id", *(f"{r}_ml" for r in REGIONS))
 
 
@@ -182,6 +206,9 @@ def segment_nifti_folder(
     overwrite: bool = False,
     save_probabilities: bool = False,
     progress: bool = True,
+    output_formats: Sequence[str] = ("nifti",),
+    dicom_map: str | Mapping[str, str] | None = None,
+    algorithm: SegAlgorithm | None = None,
 ) -> FolderReport:
     """Segment every study of a folder into ``<output_dir>/<case_id>.nii.gz``.
 
@@ -201,6 +228,12 @@ def segment_nifti_folder(
         overwrite: recompute studies whose mask exists.
         save_probabilities: also write ``probabilities/<case_id>.npz`` (float16).
         progress: show a progress bar with ETA on stderr.
+        output_formats: ``nifti`` (``<case_id>.nii.gz``) and/or ``dicom-seg``
+            (``<case_id>.seg.dcm``, DICOM input only).
+        dicom_map: series descriptions of the modalities of DICOM cases; DICOM input is
+            used when given or when the folder holds DICOM files and no NIfTI
+            (:mod:`tumorseg.inference.dicom_input`).
+        algorithm: the algorithm a DICOM-SEG names.
 
     Returns:
         What was written, skipped and failed.
@@ -216,8 +249,22 @@ def segment_nifti_folder(
             "no input folder given (tumorseg infer --input, inference.json --dataset_dir)"
         )
     fixed = get_convention(label_convention).name if label_convention else None
-    suffixes = parse_modality_suffixes(modality_suffixes)
-    cases = discover_cases(Path(input_dir), layout=layout, modality_suffixes=suffixes)
+    formats = check_output_formats(output_formats)
+    dicom = dicom_map is not None or is_dicom_input(input_dir)
+    if DICOM_SEG in formats:
+        import_dicom_packages()  # missing: one message before any study
+    if dicom:
+        parse_dicom_map(dicom_map)  # a bad map fails before any study
+        cases = find_dicom_cases(input_dir)
+        load_case = functools.partial(load_case, dicom_map=dicom_map)
+    elif DICOM_SEG in formats:
+        raise ValueError(
+            f"--output-format {DICOM_SEG} needs DICOM input (it references the source "
+            f"series); {str(input_dir)!r} holds NIfTI studies"
+        )
+    else:
+        suffixes = parse_modality_suffixes(modality_suffixes)
+        cases = discover_cases(Path(input_dir), layout=layout, modality_suffixes=suffixes)
     out = Path(output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -232,13 +279,13 @@ def segment_nifti_folder(
     rows: dict[str, list[str]] = {}
     todo = []
     for case in cases:
-        mask = out / f"{case.case_id}.nii.gz"
+        outputs = _outputs(out, case.case_id, formats)
         probs = out / PROBABILITIES_DIR / f"{case.case_id}.npz"
-        done = mask.is_file() and (not save_probabilities or probs.is_file())
+        done = all(p.is_file() for p in outputs) and (not save_probabilities or probs.is_file())
         if done and not overwrite:
             report.skipped.append(case.case_id)
             rows[case.case_id] = old_rows.get(case.case_id) or _volume_row_of(
-                case.case_id, mask, fixed or _layout_convention(case.layout)
+                case.case_id, outputs[0], fixed or _layout_convention(case.layout)
             )
         else:
             todo.append(case)
@@ -286,7 +333,7 @@ def segment_nifti_folder(
                 conv = fixed or _layout_convention(case.layout)
                 result = predict_loaded(loaded, label_convention=conv)
                 try:
-                    result.save(out, save_probabilities=save_probabilities)
+                    _save(result, loaded, out, formats, save_probabilities, algorithm)
                 except OSError as err:  # the output's fault, not the study's
                     raise _SaveFailed(err, out / f"{case.case_id}.nii.gz") from None
                 rows[case.case_id] = _volume_row(case.case_id, result.volumes_ml())
@@ -337,8 +384,65 @@ def _layout_convention(layout: str) -> str:
         return DEFAULT_CONVENTION  # custom naming: the BraTS submission numbers
 
 
+def check_output_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
+    """The output formats asked for, checked: some of :data:`OUTPUT_FORMATS`, no repeats.
+
+    Raises:
+        ValueError: an unknown or empty list (the value is shown).
+    """
+    items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
+    bad = [f for f in items if f not in OUTPUT_FORMATS]
+    if bad or not items:
+        raise ValueError(
+            f"output format must be some of {list(OUTPUT_FORMATS)} (comma-separated), got "
+            f"{formats!r}"
+        )
+    return tuple(dict.fromkeys(items))
+
+
+def _outputs(out: Path, case_id: str, formats: Sequence[str]) -> list[Path]:
+    """The files a finished case has, in ``formats`` order."""
+    names = {NIFTI: f"{case_id}.nii.gz", DICOM_SEG: f"{case_id}{DICOM_SEG_SUFFIX}"}
+    return [out / names[f] for f in formats]
+
+
+def _save(
+    result: PredictionResult,
+    loaded: LoadedCase,
+    out: Path,
+    formats: Sequence[str],
+    save_probabilities: bool,
+    algorithm: SegAlgorithm | None,
+) -> None:
+    """Write a case's outputs; the probabilities first, the SEG last (a SEG means done)."""
+    if NIFTI in formats:
+        result.save(out, save_probabilities=save_probabilities)
+    elif save_probabilities:
+        write_probabilities_atomic(
+            out / PROBABILITIES_DIR / f"{result.case_id}.npz",
+            result.probabilities,
+            affine=result.affine,
+            regions=REGIONS,
+        )
+    if DICOM_SEG in formats:
+        path = out / f"{result.case_id}{DICOM_SEG_SUFFIX}"
+        try:
+            write_dicom_seg(
+                path,
+                result.label,
+                result.label_convention,
+                loaded.data[DICOM_STUDY_KEY],
+                algorithm=algorithm,
+            )
+        except OSError as err:
+            raise _SaveFailed(err, path) from None
+
+
 def _volume_row_of(case_id: str, mask: Path, convention: str) -> list[str]:
-    """Volumes of an existing mask (a case done by an earlier, interrupted run)."""
+    """Volumes of an existing mask or SEG (a case done by an earlier, interrupted run)."""
+    if mask.name.endswith(DICOM_SEG_SUFFIX):
+        label, affine = read_dicom_seg_labels(mask, convention)
+        return _volume_row(case_id, region_volumes_ml(label, affine, convention))
     import nibabel as nib
 
     img: Any = nib.load(str(mask))

@@ -75,6 +75,8 @@ from tumorseg.inference.bundle import (
     apply_checkpoint_meta,
     load_bundle,
 )
+from tumorseg.inference.dicom_input import DICOM_STUDY_KEY, find_dicom_study, load_dicom_study
+from tumorseg.inference.dicom_seg import SegAlgorithm
 from tumorseg.inference.folder import (
     FolderReport,
     InferenceFailed,
@@ -396,8 +398,13 @@ class Predictor:
         images: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
         *,
         case_id: str | None = None,
+        dicom_map: str | Mapping[str, str] | None = None,
     ) -> LoadedCase:
         """Check, load and preprocess one study (the part that runs ahead in a folder run).
+
+        ``images`` may also be one folder holding the study's four DICOM series
+        (:mod:`tumorseg.inference.dicom_input`; ``dicom_map`` names their series
+        descriptions).
 
         Raises:
             CaseError: the study cannot be used (file and reason given).
@@ -405,12 +412,17 @@ class Predictor:
         paths = _as_paths(images)
         case_id = case_id or _default_case_id(paths)
         start = time.perf_counter()
-        header = check_headers(case_id, paths)
-        item = {self.image_key: [str(p) for p in paths] if len(paths) > 1 else str(paths[0])}
-        try:
-            data = self._load(item)
-        except Exception as err:  # readers raise many types; find the file to blame
-            raise unreadable_file_error(case_id, paths, err) from err
+        if len(paths) == 1 and paths[0].is_dir():  # a folder of four DICOM series
+            study = find_dicom_study(case_id, paths[0], dicom_map)
+            header = None
+            data = {self.image_key: load_dicom_study(study), DICOM_STUDY_KEY: study}
+        else:
+            header = check_headers(case_id, paths)
+            item = {self.image_key: [str(p) for p in paths] if len(paths) > 1 else str(paths[0])}
+            try:
+                data = self._load(item)
+            except Exception as err:  # readers raise many types; find the file to blame
+                raise unreadable_file_error(case_id, paths, err) from err
         check_voxels(case_id, paths, data[self.image_key])
         loaded = time.perf_counter()
         try:
@@ -546,6 +558,9 @@ class Predictor:
         overwrite: bool = False,
         save_probabilities: bool = False,
         progress: bool = True,
+        output_formats: Sequence[str] = ("nifti",),
+        dicom_map: str | Mapping[str, str] | None = None,
+        algorithm: SegAlgorithm | None = None,
     ) -> FolderReport | LGGInferenceReport:
         """Segment every study of a folder into ``<output_dir>/<case_id>.nii.gz``.
 
@@ -573,6 +588,11 @@ class Predictor:
             overwrite: recompute studies whose mask exists.
             save_probabilities: also write ``probabilities/<case_id>.npz`` (float16).
             progress: show a progress bar with ETA on stderr.
+            output_formats: ``nifti`` and/or ``dicom-seg`` (``<case_id>.seg.dcm``, DICOM
+                input only; :mod:`tumorseg.inference.dicom_seg`).
+            dicom_map: series descriptions of the modalities of DICOM cases (a folder of
+                case folders of four DICOM series is found without it).
+            algorithm: the algorithm a DICOM-SEG names.
 
         Returns:
             What was written, skipped and failed; check ``report.ok`` or call
@@ -592,6 +612,8 @@ class Predictor:
                     "modality_suffixes": modality_suffixes,
                     "layout": layout,
                     "save_probabilities": save_probabilities or None,
+                    "dicom_map": dicom_map,
+                    "output_formats": None if list(output_formats) == ["nifti"] else output_formats,
                 },
             )
         return segment_nifti_folder(
@@ -605,6 +627,9 @@ class Predictor:
             overwrite=overwrite,
             save_probabilities=save_probabilities,
             progress=progress,
+            output_formats=output_formats,
+            dicom_map=dicom_map,
+            algorithm=algorithm,
         )
 
     def _predict_kaggle_3m_folder(
