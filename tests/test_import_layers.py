@@ -32,7 +32,16 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "src" / "tumorseg"
 
 #: Bottom to top; the names are the first component after ``tumorseg.`` ("" is the root).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("", "conventions", "io", "io_dicom", "ranks", "checkpoint_meta", "config_errors", "bundle_run"),
+    (
+        "",
+        "conventions",
+        "io",
+        "io_dicom",
+        "ranks",
+        "checkpoint_meta",
+        "config_errors",
+        "bundle_run",
+    ),
     ("data", "transforms"),
     ("metrics", "networks", "losses"),
     ("training", "inference", "tracking"),
