@@ -70,6 +70,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--sw-batch-size", type=int, metavar="N")
     p.add_argument("--overlap", type=float, metavar="F", help="sliding-window overlap in [0, 1)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="network arithmetic: auto (default: bfloat16 where the CPU or GPU has it, float16 "
+        "on older GPUs, else float32), fp32, bf16, fp16 (CUDA)",
+    )
+    p.add_argument(
+        "--tiling",
+        choices=["auto", "windows", "whole"],
+        help="auto (default: the whole brain crop in one pass when it is small enough, else "
+        "windows), windows (sliding windows, --overlap the least overlap), whole",
+    )
     p.add_argument("--tta", action="store_true", help="average over the 8 mirrorings (8x slower)")
     p.add_argument(
         "--save-probabilities",
@@ -124,6 +136,8 @@ _3D_ONLY = {
     "roi_size": None,
     "sw_batch_size": None,
     "overlap": None,
+    "precision": None,
+    "tiling": None,
     "tta": False,
     "save_probabilities": False,
 }
@@ -163,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: `tumorseg --help` must not wait for torch and MONAI.
     from tumorseg.inference import Predictor, load_bundle
     from tumorseg.inference.lgg import LGGInferenceReport
+    from tumorseg.inference.settings import use_all_cores
 
     config = load_bundle(
         args.bundle, config_files=args.config_file, overrides=_overrides(args.override)
@@ -183,7 +198,10 @@ def run(args: argparse.Namespace) -> int:
             sw_batch_size=args.sw_batch_size,
             overlap=args.overlap,
             tta=None if kaggle_3m else args.tta,
+            precision=args.precision,
+            tiling=args.tiling,
         )
+        use_all_cores()
         report = predictor.predict_folder(
             args.input,
             args.output,

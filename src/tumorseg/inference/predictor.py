@@ -90,6 +90,7 @@ from tumorseg.inference.settings import (
     check_overlap,
     check_roi_size,
     check_sw_batch_size,
+    check_tiled_settings,
     resolve_device,
     root_cause,
     split_after_loading,
@@ -261,6 +262,8 @@ class Predictor:
         tta: bool | None = None,
         amp: bool | None = None,
         network: torch.nn.Module | None = None,
+        precision: str | None = None,
+        tiling: str | None = None,
     ) -> Predictor:
         """Load one bundle (:func:`~tumorseg.inference.bundle.load_bundle`) and build its predictor.
 
@@ -279,6 +282,10 @@ class Predictor:
             tta: test-time mirroring; None keeps the bundle's ``tta``.
             amp: autocast; default on for CUDA, off for CPU.
             network: a ready network to use instead of the bundle's (tests, custom models).
+            precision: the network's autocast, one of
+                :data:`tumorseg.networks.INFERENCE_PRECISIONS`; default the bundle's.
+            tiling: windows or the whole crop in one pass, one of
+                :data:`tumorseg.inference.TILINGS`; default the bundle's.
 
         Raises:
             FileNotFoundError: no ``configs/train.json`` in ``bundle``, or no checkpoint.
@@ -296,6 +303,8 @@ class Predictor:
             tta=tta,
             amp=amp,
             network=network,
+            precision=precision,
+            tiling=tiling,
         )
 
     @classmethod
@@ -311,6 +320,8 @@ class Predictor:
         tta: bool | None = None,
         amp: bool | None = None,
         network: torch.nn.Module | None = None,
+        precision: str | None = None,
+        tiling: str | None = None,
     ) -> Predictor:
         """Build the ``evaluator`` of a loaded bundle config, with explicit settings applied.
 
@@ -330,6 +341,7 @@ class Predictor:
             explicit["sw_batch_size"] = check_sw_batch_size(sw_batch_size)
         if overlap is not None:
             explicit["overlap"] = check_overlap(overlap)
+        explicit.update(check_tiled_settings(precision=precision, tiling=tiling))
         for key, value in explicit.items():
             config[key] = value
         config["device"] = resolve_device(device)
