@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from _infer_utils import BUNDLE, TINY_FILTERS
 
 from tumorseg.inference import Predictor, TiledInferer
 from tumorseg.networks import cpu_bf16_supported, inference_dtype
-
-from ._infer_utils import BUNDLE, TINY_FILTERS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,8 +66,9 @@ def test_unknown_precision_is_refused_naming_it() -> None:
 
 
 def _predictor(**kwargs: object) -> Predictor:
+    network = torch.nn.Conv3d(4, 3, 1)  # the settings are what is checked, not the weights
     return Predictor.from_bundle(
-        BUNDLE, overrides={"filters": TINY_FILTERS}, device="cpu", checkpoint=None, **kwargs
+        BUNDLE, overrides={"filters": TINY_FILTERS}, device="cpu", network=network, **kwargs
     )
 
 

@@ -79,7 +79,7 @@ def split_after_loading(preprocessing: Any) -> tuple[Compose, Compose]:
 def check_inferer_settings(inferer: Any, explicit: Mapping[str, Any]) -> None:
     """Settings asked for explicitly must have reached the inferer (it reads them by id)."""
     for key, value in explicit.items():
-        got = getattr(inferer, key, None)
+        got: Any = getattr(inferer, key, None)
         same = list(got) == list(value) if key == "roi_size" else got == value
         if not same:
             raise ValueError(

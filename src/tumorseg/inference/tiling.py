@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from monai.data.utils import compute_importance_map
 from monai.inferers import SlidingWindowInferer
+from monai.utils import ensure_tuple, ensure_tuple_rep
 
 from tumorseg.networks import inference_dtype
 
@@ -103,6 +104,11 @@ def size_multiple(network: torch.nn.Module, ndim: int = 3) -> tuple[int, ...]:
 def padded_size(spatial: Sequence[int], multiple: Sequence[int]) -> tuple[int, ...]:
     """``spatial`` rounded up, per axis, to a multiple of ``multiple``."""
     return tuple(math.ceil(s / m) * m for s, m in zip(spatial, multiple, strict=True))
+
+
+def _at(slices: Sequence[slice]) -> tuple[Any, ...]:
+    """The index of ``slices`` over the last axes of a tensor."""
+    return (Ellipsis, *slices)
 
 
 def _pad_to(x: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, list[slice]]:
@@ -186,10 +192,11 @@ class TiledInferer(SlidingWindowInferer):
         if self.uses_whole(spatial, network):
             multiple = size_multiple(network, len(spatial))
             x, crop = _pad_to(inputs, padded_size(spatial, multiple))
-            return self._forward(x, network)[(..., *crop)]
-        roi = [int(r) for r in self.roi_size]
+            return self._forward(x, network)[_at(crop)]
+        roi = [int(r) for r in ensure_tuple_rep(self.roi_size, len(spatial))]
         x, crop = _pad_to(inputs, [max(s, r) for s, r in zip(spatial, roi, strict=True)])
-        starts = window_starts(x.shape[2:], roi, float(self.overlap))
+        overlap = min(float(o) for o in ensure_tuple(self.overlap))
+        starts = window_starts(x.shape[2:], roi, overlap)
         importance = compute_importance_map(
             tuple(roi), mode=self.mode, sigma_scale=self.sigma_scale, device=inputs.device
         ).float()
@@ -199,13 +206,13 @@ class TiledInferer(SlidingWindowInferer):
         for first in range(0, len(starts), self.sw_batch_size):
             group = starts[first : first + self.sw_batch_size]
             windows = [tuple(slice(s, s + r) for s, r in zip(c, roi, strict=True)) for c in group]
-            logits = self._forward(torch.cat([x[(..., *w)] for w in windows]), network)
+            logits = self._forward(torch.cat([x[_at(w)] for w in windows]), network)
             if output is None:
                 output = torch.zeros(
                     (batch, logits.shape[1], *x.shape[2:]), dtype=torch.float32, device=x.device
                 )
             for i, window in enumerate(windows):
-                output[(..., *window)] += logits[i * batch : (i + 1) * batch] * importance
+                output[_at(window)] += logits[i * batch : (i + 1) * batch] * importance
                 weight[window] += importance
         assert output is not None
-        return (output / weight)[(..., *crop)]
+        return (output / weight)[_at(crop)]
