@@ -344,9 +344,7 @@ def _speed() -> str:
 VARIANTS: dict[str, tuple[str, str, float | None]] = {
     "defaults (auto, auto)": ("auto", "auto", None),
     "bf16 windows 0.5": ("bf16", "windows", 0.5),
-    "bf16 windows 0.25": ("bf16", "windows", 0.25),
     "fp32 whole": ("fp32", "whole", None),
-    "bf16 whole": ("bf16", "whole", None),
 }
 
 

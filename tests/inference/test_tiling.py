@@ -125,15 +125,21 @@ def test_whole_runs_once_on_the_padded_crop_and_crops_back() -> None:
 def test_auto_goes_whole_only_up_to_max_whole_voxels() -> None:
     net = _dynunet()
     padded = math.prod(padded_size((10, 7, 5), size_multiple(net)))
-    assert TiledInferer((4, 4, 2), tiling="auto", max_whole_voxels=padded).uses_whole(
-        (10, 7, 5), net
-    )
-    small = TiledInferer((8, 8, 4), tiling="auto", max_whole_voxels=padded - 1)
+    assert TiledInferer(
+        (4, 4, 2), tiling="auto", max_whole_voxels=padded, max_whole_ratio=100
+    ).uses_whole((10, 7, 5), net)
+    small = TiledInferer((8, 8, 4), tiling="auto", max_whole_voxels=padded - 1, max_whole_ratio=100)
     assert not small.uses_whole((10, 7, 5), net)
     counting = _Counting(net)
     with torch.no_grad():
         small(torch.randn(1, 2, 10, 7, 5), counting)
     assert set(counting.shapes) == {(8, 8, 4)} and len(counting.shapes) > 1
+
+
+def test_auto_goes_whole_only_up_to_max_whole_ratio_windows() -> None:
+    net = _dynunet()  # (10, 7, 5) pads to (12, 8, 6): 576 voxels, 2.25 windows of (8, 8, 4)
+    assert not TiledInferer((8, 8, 4), tiling="auto").uses_whole((10, 7, 5), net)
+    assert TiledInferer((8, 8, 4), tiling="auto", max_whole_ratio=2.25).uses_whole((10, 7, 5), net)
 
 
 def test_bf16_runs_the_network_in_bf16_and_blends_in_float32() -> None:
@@ -157,6 +163,7 @@ def test_bf16_runs_the_network_in_bf16_and_blends_in_float32() -> None:
     [
         ({"tiling": "tiles"}, "tiling must be one of .* got 'tiles'"),
         ({"max_whole_voxels": 0}, "max_whole_voxels must be an integer >= 1, got 0"),
+        ({"max_whole_ratio": -1}, "max_whole_ratio must be a number > 0, got -1"),
         ({"precision": "half"}, "precision must be one of .* got 'half'"),
     ],
 )
