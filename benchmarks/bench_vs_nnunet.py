@@ -343,7 +343,7 @@ def _speed() -> str:
 #: Accuracy variants: name -> (precision, tiling, overlap); the reference is MONAI's inferer.
 VARIANTS: dict[str, tuple[str, str, float | None]] = {
     "defaults (auto, auto)": ("auto", "auto", None),
-    "bf16 windows 0.5": ("bf16", "windows", 0.5),
+    "bf16 whole": ("bf16", "whole", None),
     "fp32 whole": ("fp32", "whole", None),
 }
 
