@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 
@@ -380,9 +381,7 @@ def _accuracy() -> str:
     truth = {}
     for cid, (_, label) in cases.items():
         if label is not None:
-            import nibabel as nib
-
-            truth[cid] = np.asarray(nib.load(str(label)).dataobj)
+            truth[cid] = np.asarray(nib.load(str(label)).dataobj)  # type: ignore[attr-defined]
     ref_score = {
         r: float(np.mean([_region_dice(ref_masks[c], t)[r] for c, t in truth.items()]))
         for r in REGIONS

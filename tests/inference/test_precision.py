@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -65,7 +66,7 @@ def test_unknown_precision_is_refused_naming_it() -> None:
         inference_dtype("cpu", "half")
 
 
-def _predictor(**kwargs: object) -> Predictor:
+def _predictor(**kwargs: Any) -> Predictor:
     network = torch.nn.Conv3d(4, 3, 1)  # the settings are what is checked, not the weights
     return Predictor.from_bundle(
         BUNDLE, overrides={"filters": TINY_FILTERS}, device="cpu", network=network, **kwargs
