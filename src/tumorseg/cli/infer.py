@@ -82,6 +82,18 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--sw-batch-size", type=int, metavar="N")
     p.add_argument("--overlap", type=float, metavar="F", help="sliding-window overlap in [0, 1)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="network arithmetic: auto (default: bfloat16 where the CPU or GPU has it, float16 "
+        "on older GPUs, else float32), fp32, bf16, fp16 (CUDA)",
+    )
+    p.add_argument(
+        "--tiling",
+        choices=["auto", "windows", "whole"],
+        help="auto (default: the whole brain crop in one pass when it is small enough, else "
+        "windows), windows (sliding windows, --overlap the least overlap), whole",
+    )
     p.add_argument("--tta", action="store_true", help="average over the 8 mirrorings (8x slower)")
     p.add_argument(
         "--save-probabilities",
@@ -158,6 +170,8 @@ _3D_ONLY = {
     "roi_size": None,
     "sw_batch_size": None,
     "overlap": None,
+    "precision": None,
+    "tiling": None,
     "tta": False,
     "save_probabilities": False,
     "dicom_map": None,
@@ -225,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
     from tumorseg.inference.folder import check_output_formats
     from tumorseg.inference.lgg import LGGInferenceReport
     from tumorseg.inference.postprocess import load_rules
+    from tumorseg.inference.settings import use_all_cores
 
     config = load_bundle(
         args.bundle, config_files=args.config_file, overrides=_overrides(args.override)
@@ -253,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
             "overlap": args.overlap,
             "tta": None if kaggle_3m else args.tta,
             "network": network,
+            "precision": args.precision,
+            "tiling": args.tiling,
         }
         predictor = (
             ensemble_from_config(config, args.checkpoint, **settings)
@@ -261,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.no_postprocess or args.postprocess:
             predictor.postprocess_rules = load_rules(args.postprocess) if args.postprocess else None
+        use_all_cores()
         report = predictor.predict_folder(
             args.input,
             args.output,

@@ -16,6 +16,7 @@ from tumorseg.inference.predictor import (
     Predictor,
     region_volumes_ml,
 )
+from tumorseg.inference.tiling import TILINGS, TiledInferer
 
 __all__ = [
     "DATA_FORMATS",
@@ -27,6 +28,8 @@ __all__ = [
     "OutputError",
     "PredictionResult",
     "Predictor",
+    "TILINGS",
+    "TiledInferer",
     "bundle_root_of",
     "load_bundle",
     "region_volumes_ml",

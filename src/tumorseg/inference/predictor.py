@@ -98,6 +98,7 @@ from tumorseg.inference.settings import (
     check_overlap,
     check_roi_size,
     check_sw_batch_size,
+    check_tiled_settings,
     resolve_device,
     root_cause,
     split_after_loading,
@@ -271,6 +272,8 @@ class Predictor:
         tta: bool | None = None,
         amp: bool | None = None,
         network: torch.nn.Module | None = None,
+        precision: str | None = None,
+        tiling: str | None = None,
     ) -> Predictor:
         """Load one bundle (:func:`~tumorseg.inference.bundle.load_bundle`) and build its predictor.
 
@@ -289,6 +292,10 @@ class Predictor:
             tta: test-time mirroring; None keeps the bundle's ``tta``.
             amp: autocast; default on for CUDA, off for CPU.
             network: a ready network to use instead of the bundle's (tests, custom models).
+            precision: the network's autocast, one of
+                :data:`tumorseg.networks.INFERENCE_PRECISIONS`; default the bundle's.
+            tiling: windows or the whole crop in one pass, one of
+                :data:`tumorseg.inference.TILINGS`; default the bundle's.
 
         Raises:
             FileNotFoundError: no ``configs/train.json`` in ``bundle``, or no checkpoint.
@@ -306,6 +313,8 @@ class Predictor:
             tta=tta,
             amp=amp,
             network=network,
+            precision=precision,
+            tiling=tiling,
         )
 
     @classmethod
@@ -321,6 +330,8 @@ class Predictor:
         tta: bool | None = None,
         amp: bool | None = None,
         network: torch.nn.Module | None = None,
+        precision: str | None = None,
+        tiling: str | None = None,
     ) -> Predictor:
         """Build the ``evaluator`` of a loaded bundle config, with explicit settings applied.
 
@@ -343,6 +354,7 @@ class Predictor:
             explicit["sw_batch_size"] = check_sw_batch_size(sw_batch_size)
         if overlap is not None:
             explicit["overlap"] = check_overlap(overlap)
+        explicit.update(check_tiled_settings(precision=precision, tiling=tiling))
         if network is None:
             # A self-describing checkpoint sets the network and preprocessing it needs.
             apply_checkpoint_meta(config, checkpoint, explicit=explicit)

@@ -8,6 +8,7 @@ asked for?); each refuses a bad value with a ``ValueError`` that shows it.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,14 +16,19 @@ import numpy as np
 import torch
 from monai.transforms import Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged
 
+from tumorseg.inference.tiling import TILINGS
+from tumorseg.networks import INFERENCE_PRECISIONS
+
 __all__ = [
     "check_inferer_settings",
     "check_overlap",
     "check_roi_size",
     "check_sw_batch_size",
+    "check_tiled_settings",
     "resolve_device",
     "root_cause",
     "split_after_loading",
+    "use_all_cores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,7 +79,7 @@ def split_after_loading(preprocessing: Any) -> tuple[Compose, Compose]:
 def check_inferer_settings(inferer: Any, explicit: Mapping[str, Any]) -> None:
     """Settings asked for explicitly must have reached the inferer (it reads them by id)."""
     for key, value in explicit.items():
-        got = getattr(inferer, key)
+        got: Any = getattr(inferer, key, None)
         same = list(got) == list(value) if key == "roi_size" else got == value
         if not same:
             raise ValueError(
@@ -109,3 +115,33 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here")
     return dev
+
+
+def check_tiled_settings(*, precision: str | None, tiling: str | None) -> dict[str, str]:
+    """The ``precision`` and ``tiling`` asked for (None: the bundle's), checked by name."""
+    out: dict[str, str] = {}
+    for key, value, allowed in (
+        ("precision", precision, INFERENCE_PRECISIONS),
+        ("tiling", tiling, TILINGS),
+    ):
+        if value is None:
+            continue
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def use_all_cores() -> int:
+    """Give torch one intra-op thread per core this process may run on; returns the count.
+
+    torch starts with one thread per physical core; where it was started with fewer (a
+    ``torch.set_num_threads`` elsewhere, a container's default) inference uses them all again.
+    """
+    if hasattr(os, "sched_getaffinity"):
+        available = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS, Windows
+        available = os.cpu_count() or 1
+    if torch.get_num_threads() < available:
+        torch.set_num_threads(available)
+    return torch.get_num_threads()

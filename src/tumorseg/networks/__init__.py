@@ -31,10 +31,12 @@ from tumorseg.networks.mobilenet import (
     register_flexible_unet_backbones,
 )
 from tumorseg.networks.precision import (
+    INFERENCE_PRECISIONS,
     PRECISIONS,
     AutocastInferer,
     autocast_dtype,
     cpu_bf16_supported,
+    inference_dtype,
 )
 from tumorseg.networks.pretrained import (
     NAME_MAPS,
@@ -48,6 +50,7 @@ from tumorseg.networks.transunet import TransUNet
 
 __all__ = [
     "ENCODER_PREFIXES",
+    "INFERENCE_PRECISIONS",
     "INVERTED_RESIDUAL_SETTINGS",
     "MOBILENETV2_WIDTHS",
     "NAME_MAPS",
@@ -63,6 +66,7 @@ __all__ = [
     "autocast_dtype",
     "cpu_bf16_supported",
     "encoder_parameters",
+    "inference_dtype",
     "encoder_prefix_for",
     "load_pretrained",
     "name_map_for",

@@ -10,15 +10,28 @@ the autocast region as usual.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
-__all__ = ["PRECISIONS", "AutocastInferer", "autocast_dtype", "cpu_bf16_supported"]
+__all__ = [
+    "INFERENCE_PRECISIONS",
+    "PRECISIONS",
+    "AutocastInferer",
+    "autocast_dtype",
+    "cpu_bf16_supported",
+    "inference_dtype",
+]
 
-#: Values of a bundle's ``precision`` key.
+logger = logging.getLogger(__name__)
+
+#: Values of a training bundle's ``precision`` key (CPU autocast; MONAI's engines do CUDA).
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+
+#: Values of the inference ``precision`` key and of ``tumorseg infer --precision``.
+INFERENCE_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 
 def cpu_bf16_supported() -> bool:
@@ -51,6 +64,50 @@ def autocast_dtype(device: torch.device | str, precision: str = "auto") -> torch
             "AMX): use precision 'fp32' or 'auto'"
         )
     return torch.bfloat16 if native else None
+
+
+def inference_dtype(device: torch.device | str, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of an inference forward pass on ``device``, or None for float32.
+
+    Unlike :func:`autocast_dtype` (training, CPU only) this covers CUDA too and never refuses a
+    precision the hardware lacks: it falls back, with a warning, to what the device computes
+    fast, since inference results hardly depend on it (measured in ``docs/benchmarks.md``).
+
+    Args:
+        device: where the network runs.
+        precision: ``fp32``; ``bf16`` (CPU with AVX-512 BF16 or AMX, CUDA with bfloat16 support;
+            else float32 on CPU, float16 on CUDA); ``fp16`` (CUDA; on a CPU float16 is slower
+            than float32, so float32 there); ``auto``: bfloat16 where native (CPU or CUDA),
+            float16 on older GPUs, else float32.
+
+    Raises:
+        ValueError: an unknown ``precision``.
+    """
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if torch.device(device).type == "cuda":
+        if precision == "fp16":
+            return torch.float16
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if precision == "bf16":
+            logger.warning("precision 'bf16' asked for, but this GPU has none: using float16")
+        return torch.float16
+    if precision == "bf16" or precision == "auto":
+        if cpu_bf16_supported():
+            return torch.bfloat16
+        if precision == "bf16":
+            logger.warning(
+                "precision 'bf16' asked for, but this CPU has no native bfloat16 (AVX-512 BF16 "
+                "or AMX): using float32"
+            )
+        return None
+    logger.warning(
+        "precision 'fp16' is for CUDA; on this CPU it is slower than float32: using float32"
+    )
+    return None
 
 
 class AutocastInferer(Inferer):

@@ -1,0 +1,444 @@
+"""tumorseg vs nnU-Net v2 at equal network, whole processes, one real study, CPU (issue #22).
+
+**Speed.** The network on both sides is nnU-Net v2.8.1's own ``3d_fullres`` plan for BraTS: 6
+stages of two 3x3x3 convolutions (32, 64, 128, 256, 320, 320 features), strides 1, 2, 2, 2, 2,
+(1, 2, 2) in RAS order, instance norm with affine, leaky ReLU, no conv bias, 3 region outputs
+(30.8 M parameters), patch 112x160x128 (RAS; 128x160x112 in nnU-Net's z, y, x), step 0.5,
+Gaussian blending, no mirroring. tumorseg runs it as a MONAI ``DynUNet`` (bundle overrides);
+nnU-Net gets a results folder built here (``dataset.json``, ``plans.json``,
+``fold_0/checkpoint_final.pth``) holding the *same* random weights, copied layer by layer
+into its ``PlainConvUNet`` (kernels transposed to its axis order). Each arm is a whole
+process (``python -m tumorseg infer ...`` / ``nnUNetv2_predict -device cpu --disable_tta
+-npp 1 -nps 1``) on ``../shared/data/brats2020_layout/TCGA-DU-7294``; the arms alternate,
+``REPEATS`` rounds (default 3) in one run, and the ratios are of medians from that run. Peak
+RSS is ``ru_maxrss`` of the arm's process tree as ``wait4`` reports it (the largest single
+process: nnU-Net's worker processes are not summed).
+
+**Accuracy.** With a small model trained on synthetic data (``MODEL``, default the demo's
+``demo/models/model.pt``: ``filters`` 8..128, ``roi_size`` 32; ``HELDOUT``, default
+``demo/data/heldout``), the fast settings' masks are compared per region (WT, TC, ET) with
+the reference masks of MONAI's ``SlidingWindowInferer`` in float32, overlap 0.5, Gaussian,
+on the held-out studies (also scored against their labels) and on the shared real studies.
+
+``make bench BENCH=vs_nnunet``; ``PART=speed`` or ``PART=accuracy`` runs one half.
+nnU-Net (``nnunetv2``) must be installed for the speed half; without it that half is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "brats_mri_segmentation"
+SHARED = REPO.parent / "shared" / "data"
+STUDY_DIR = SHARED / "brats2020_layout"
+REAL_STUDIES = {
+    "TCGA-DU-7294": [
+        STUDY_DIR / "TCGA-DU-7294" / f"TCGA-DU-7294_{m}.nii.gz"
+        for m in ("flair", "t1", "t1ce", "t2")
+    ],
+    "BraTS-GLI-00001-000": [
+        SHARED / "brats2023_layout" / "BraTS-GLI-00001-000" / f"BraTS-GLI-00001-000-{m}.nii.gz"
+        for m in ("t2f", "t1n", "t1c", "t2w")
+    ],
+}
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+REGIONS = ("WT", "TC", "ET")
+
+#: The equal network, RAS axis order (x, y, z).
+FILTERS = [32, 64, 128, 256, 320, 320]
+STRIDES = [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
+ROI = [112, 160, 128]
+TARGET_RATIO = 0.5
+GOAL_RATIO = 0.25
+TARGET_RSS_GB = 4.0
+TARGET_AGREEMENT = 0.995
+TARGET_DROP = 0.002
+
+#: Speed arms: name -> extra ``tumorseg infer`` arguments (None: nnU-Net).
+ARMS: dict[str, list[str] | None] = {
+    "nnU-Net": None,
+    "tumorseg defaults": [],
+    "tumorseg fp32 windows": ["--precision", "fp32", "--tiling", "windows"],
+    "tumorseg bf16 windows": ["--precision", "bf16", "--tiling", "windows"],
+}
+
+
+def equal_overrides() -> dict[str, Any]:
+    """Bundle overrides that make the bundle's DynUNet nnU-Net's BraTS 3d_fullres network."""
+    return {
+        "filters": FILTERS,
+        "roi_size": ROI,
+        "sw_batch_size": 1,
+        "network_def#kernel_size": [[3, 3, 3]] * len(FILTERS),
+        "network_def#strides": STRIDES,
+        "network_def#upsample_kernel_size": STRIDES[1:],
+        "network_def#res_block": False,
+        "network_def#norm_name": ["instance", {"affine": True}],
+    }
+
+
+def _dynunet() -> torch.nn.Module:
+    from tumorseg.inference import load_bundle
+
+    config = load_bundle(BUNDLE, overrides=equal_overrides())
+    torch.manual_seed(0)
+    network: torch.nn.Module = config.get_parsed_content("network_def")
+    return network.eval()
+
+
+def _zyx(weight: torch.Tensor) -> torch.Tensor:
+    """A 3D kernel in nnU-Net's axis order (z, y, x) from RAS order (x, y, z)."""
+    return weight.permute(0, 1, 4, 3, 2).contiguous() if weight.ndim == 5 else weight
+
+
+def nnunet_plans() -> tuple[dict[str, Any], dict[str, Any]]:
+    """``plans.json`` and ``dataset.json`` of the equal network (nnU-Net's z, y, x order)."""
+    zyx_strides = [s[::-1] for s in STRIDES]
+    resample = "resample_data_or_seg_to_shape"
+    config = {
+        "data_identifier": "nnUNetPlans_3d_fullres",
+        "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2,
+        "patch_size": ROI[::-1],
+        "median_image_size_in_voxels": [140, 171, 137],
+        "spacing": [1.0, 1.0, 1.0],
+        "normalization_schemes": ["ZScoreNormalization"] * 4,
+        "use_mask_for_norm": [True] * 4,
+        "resampling_fn_data": resample,
+        "resampling_fn_seg": resample,
+        "resampling_fn_data_kwargs": {
+            "is_seg": False,
+            "order": 3,
+            "order_z": 0,
+            "force_separate_z": None,
+        },
+        "resampling_fn_seg_kwargs": {
+            "is_seg": True,
+            "order": 1,
+            "order_z": 0,
+            "force_separate_z": None,
+        },
+        "resampling_fn_probabilities": resample,
+        "resampling_fn_probabilities_kwargs": {
+            "is_seg": False,
+            "order": 1,
+            "order_z": 0,
+            "force_separate_z": None,
+        },
+        "architecture": {
+            "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+            "arch_kwargs": {
+                "n_stages": len(FILTERS),
+                "features_per_stage": FILTERS,
+                "conv_op": "torch.nn.modules.conv.Conv3d",
+                "kernel_sizes": [[3, 3, 3]] * len(FILTERS),
+                "strides": zyx_strides,
+                "n_conv_per_stage": [2] * len(FILTERS),
+                "n_conv_per_stage_decoder": [2] * (len(FILTERS) - 1),
+                "conv_bias": False,
+                "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+                "dropout_op": None,
+                "dropout_op_kwargs": None,
+                "nonlin": "torch.nn.LeakyReLU",
+                "nonlin_kwargs": {"inplace": True},
+            },
+            "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+        },
+        "batch_dice": False,
+    }
+    props = {"max": 1e4, "mean": 100.0, "median": 100.0, "min": 0.0}
+    props |= {"percentile_00_5": 0.0, "percentile_99_5": 1e4, "std": 50.0}
+    plans = {
+        "dataset_name": "Dataset999_TumorsegEqual",
+        "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": [1.0, 1.0, 1.0],
+        "original_median_shape_after_transp": [140, 171, 137],
+        "image_reader_writer": "SimpleITKIO",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": config},
+        "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        "foreground_intensity_properties_per_channel": {str(i): props for i in range(4)},
+    }
+    dataset = {
+        "channel_names": {str(i): m.upper() for i, m in enumerate(MODALITIES)},
+        "labels": {
+            "background": 0,
+            "whole tumor": [1, 2, 3],
+            "tumor core": [2, 3],
+            "enhancing tumor": [3],
+        },
+        "regions_class_order": [1, 2, 3],
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+    }
+    return plans, dataset
+
+
+def nnunet_weights(dynunet: torch.nn.Module, plans: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The DynUNet's weights as a state dict of nnU-Net's ``PlainConvUNet`` (layer by layer)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    kwargs = dict(plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"])
+    kwargs |= {
+        "conv_op": torch.nn.Conv3d,
+        "norm_op": torch.nn.InstanceNorm3d,
+        "dropout_op": None,
+        "nonlin": torch.nn.LeakyReLU,
+    }
+    net = PlainConvUNet(input_channels=4, num_classes=3, deep_supervision=False, **kwargs)
+    dyn: Any = dynunet
+    enc_blocks = [dyn.input_block, *dyn.downsamples, dyn.bottleneck]
+    pairs: list[tuple[torch.nn.Module, torch.nn.Module]] = []
+    for stage, block in zip(net.encoder.stages, enc_blocks, strict=True):
+        convs = stage[0].convs
+        pairs += [(convs[0].conv, block.conv1.conv), (convs[0].norm, block.norm1)]
+        pairs += [(convs[1].conv, block.conv2.conv), (convs[1].norm, block.norm2)]
+    for i, up in enumerate(dyn.upsamples):
+        pairs.append((net.decoder.transpconvs[i], up.transp_conv.conv))
+        convs = net.decoder.stages[i].convs
+        pairs += [(convs[0].conv, up.conv_block.conv1.conv), (convs[0].norm, up.conv_block.norm1)]
+        pairs += [(convs[1].conv, up.conv_block.conv2.conv), (convs[1].norm, up.conv_block.norm2)]
+    pairs.append((net.decoder.seg_layers[-1], dyn.output_block.conv.conv))
+    with torch.no_grad():
+        for target, source in pairs:
+            for name, param in target.named_parameters(recurse=False):
+                value = _zyx(getattr(source, name))
+                if value.shape != param.shape:
+                    raise ValueError(
+                        f"{target}: {name} {tuple(value.shape)} != {tuple(param.shape)}"
+                    )
+                param.copy_(value)
+    copied = sum(p.numel() for t, _ in pairs for p in t.parameters(recurse=False))
+    if copied != sum(p.numel() for p in dynunet.parameters()):
+        raise ValueError("not every DynUNet parameter found its place in the PlainConvUNet")
+    return net.state_dict()
+
+
+def _write_nnunet_model(results: Path, dynunet: torch.nn.Module) -> None:
+    plans, dataset = nnunet_plans()
+    folder = results / plans["dataset_name"] / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "plans.json").write_text(json.dumps(plans, indent=1))
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))
+    checkpoint = {
+        "network_weights": nnunet_weights(dynunet, plans),
+        "trainer_name": "nnUNetTrainer",
+        "init_args": {
+            "plans": plans,
+            "configuration": "3d_fullres",
+            "fold": 0,
+            "dataset_json": dataset,
+        },
+        "inference_allowed_mirroring_axes": (0, 1, 2),
+    }
+    torch.save(checkpoint, folder / "fold_0" / "checkpoint_final.pth")
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB) of a whole process; raises with its output if it fails."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} ... exited {proc.returncode}:\n{output.decode()[-3000:]}")
+    return wall, usage.ru_maxrss / 1024**2
+
+
+def _speed() -> str:
+    if shutil.which("nnUNetv2_predict", path=str(Path(sys.executable).parent)) is None:
+        return "## vs nnU-Net\n\nskipped: nnunetv2 is not installed in this environment\n"
+    if not STUDY_DIR.is_dir():
+        return f"## vs nnU-Net\n\nskipped: {STUDY_DIR} is absent\n"
+    repeats = int(os.environ.get("REPEATS", "3"))
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory(prefix="vs_nnunet_") as tmp_name:
+        tmp = Path(tmp_name)
+        dynunet = _dynunet()
+        params = sum(p.numel() for p in dynunet.parameters()) / 1e6
+        torch.save(dynunet.state_dict(), tmp / "model.pt")
+        _write_nnunet_model(tmp / "results", dynunet)
+        raw = tmp / "nnunet_in"
+        raw.mkdir()
+        for i, path in enumerate(REAL_STUDIES["TCGA-DU-7294"]):
+            (raw / f"TCGA-DU-7294_{i:04d}.nii.gz").symlink_to(path)
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        env |= {f"nnUNet_{k}": str(tmp / k) for k in ("raw", "preprocessed", "results")}
+        overrides = [f"--override={k}={json.dumps(v)}" for k, v in equal_overrides().items()]
+        commands: dict[str, list[str]] = {}
+        for name, extra in ARMS.items():
+            out = str(tmp / "out" / name.replace(" ", "_"))
+            if extra is None:
+                commands[name] = [str(bin_dir / "nnUNetv2_predict"), "-i", str(raw), "-o", out]
+                commands[name] += ["-d", "999", "-c", "3d_fullres", "-f", "0", "-device", "cpu"]
+                commands[name] += ["--disable_tta", "-npp", "1", "-nps", "1"]
+            else:
+                commands[name] = [
+                    sys.executable,
+                    "-m",
+                    "tumorseg",
+                    "infer",
+                    "--bundle",
+                    str(BUNDLE),
+                ]
+                commands[name] += ["--input", str(STUDY_DIR), "--output", out, "--overwrite"]
+                commands[name] += ["--checkpoint", str(tmp / "model.pt"), "--device", "cpu"]
+                commands[name] += ["--no-progress", *overrides, *extra]
+        walls: dict[str, list[float]] = {n: [] for n in ARMS}
+        rss: dict[str, float] = dict.fromkeys(ARMS, 0.0)
+        for round_ in range(repeats):
+            order = list(ARMS) if round_ % 2 == 0 else list(reversed(ARMS))
+            for name in order:
+                wall, peak = _timed(commands[name], env)
+                walls[name].append(wall)
+                rss[name] = max(rss[name], peak)
+                print(f"  round {round_ + 1}: {name}: {wall:.1f} s, {peak:.2f} GB", flush=True)
+    base = statistics.median(walls["nnU-Net"])
+    lines = [
+        "## tumorseg vs nnU-Net v2.8.1 at equal network, whole process (`bench_vs_nnunet`)",
+        "",
+        f"TCGA-DU-7294 (240x240x155), CPU, {torch.get_num_threads()} threads, DynUNet = nnU-Net "
+        f"BraTS 3d_fullres plan ({params:.1f} M parameters), patch {'x'.join(map(str, ROI))}, "
+        f"no mirroring; arms alternated, {repeats} rounds in one run.",
+        "",
+        "| arm | wall s (median) | all runs | peak RSS GB | ratio to nnU-Net |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ARMS:
+        median = statistics.median(walls[name])
+        runs = ", ".join(f"{w:.1f}" for w in walls[name])
+        lines.append(f"| {name} | {median:.1f} | {runs} | {rss[name]:.2f} | {median / base:.2f} |")
+    default_ratio = statistics.median(walls["tumorseg defaults"]) / base
+    best = min((n for n in ARMS if n != "nnU-Net"), key=lambda n: statistics.median(walls[n]))
+    lines += [
+        "",
+        f"defaults ratio {default_ratio:.2f} (target <= {TARGET_RATIO}: "
+        f"{'met' if default_ratio <= TARGET_RATIO else 'NOT met'}); best: {best}, ratio "
+        f"{statistics.median(walls[best]) / base:.2f} (goal {GOAL_RATIO}); peak RSS of the "
+        f"defaults {rss['tumorseg defaults']:.2f} GB (target < {TARGET_RSS_GB}: "
+        f"{'met' if rss['tumorseg defaults'] < TARGET_RSS_GB else 'NOT met'})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+#: Accuracy variants: name -> (precision, tiling, overlap); the reference is MONAI's inferer.
+VARIANTS: dict[str, tuple[str, str, float | None]] = {
+    "defaults (auto, auto)": ("auto", "auto", None),
+    "bf16 whole": ("bf16", "whole", None),
+    "fp32 whole": ("fp32", "whole", None),
+}
+
+
+def _region_dice(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    from tumorseg.metrics.regions import dice, structure_masks
+
+    ma, mb = structure_masks(a, "brats2021"), structure_masks(b, "brats2021")
+    return {r: dice(ma[r], mb[r]) for r in REGIONS}
+
+
+def _accuracy() -> str:
+    from tumorseg.data import discover_cases
+    from tumorseg.inference import Predictor
+
+    model = Path(os.environ.get("MODEL", REPO / "demo" / "models" / "model.pt"))
+    heldout = Path(os.environ.get("HELDOUT", REPO / "demo" / "data" / "heldout"))
+    if not model.is_file() or not heldout.is_dir():
+        return (
+            f"## fast inference accuracy\n\nskipped: no demo model {model} or held-out folder "
+            f"{heldout} (run `make demo`, or set MODEL= and HELDOUT=)\n"
+        )
+    small = {"filters": [8, 16, 32, 64, 128], "roi_size": [32, 32, 32]}
+    cases = {c.case_id: (list(c.images), c.label) for c in discover_cases(heldout)}
+    cases |= {k: (v, None) for k, v in REAL_STUDIES.items() if v[0].is_file()}
+
+    def predictor(**kw: Any) -> Predictor:
+        return Predictor.from_bundle(BUNDLE, checkpoint=model, device="cpu", **kw)
+
+    ref = predictor(overrides={**small, "inferer": "@validate#inferer"})
+    ref_masks = {
+        cid: ref.predict_case(files, case_id=cid).label for cid, (files, _) in cases.items()
+    }
+    truth = {}
+    for cid, (_, label) in cases.items():
+        if label is not None:
+            truth[cid] = np.asarray(nib.load(str(label)).dataobj)  # type: ignore[attr-defined]
+    ref_score = {
+        r: float(np.mean([_region_dice(ref_masks[c], t)[r] for c, t in truth.items()]))
+        for r in REGIONS
+    }
+    lines = [
+        "## fast inference accuracy (`bench_vs_nnunet`, PART=accuracy)",
+        "",
+        f"Model {model.name} (synthetic training, filters 8..128, roi 32); reference: MONAI "
+        f"SlidingWindowInferer, fp32, overlap 0.5, Gaussian. {len(truth)} synthetic held-out + "
+        f"{len(cases) - len(truth)} real studies. Agreement = min over studies of the Dice "
+        "between the variant's and the reference's masks; held-out = mean Dice vs labels.",
+        "",
+        "| variant | agreement WT / TC / ET (held-out) | agreement WT / TC / ET (real) "
+        "| held-out Dice WT / TC / ET (reference "
+        + " / ".join(f"{ref_score[r]:.4f}" for r in REGIONS)
+        + ") | max drop |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (precision, tiling, overlap) in VARIANTS.items():
+        over = {**small, **({"overlap": overlap} if overlap is not None else {})}
+        fast = predictor(overrides=over, precision=precision, tiling=tiling)
+        agree: dict[str, list[dict[str, float]]] = {"held-out": [], "real": []}
+        score: dict[str, list[float]] = {r: [] for r in REGIONS}
+        for cid, (files, _) in cases.items():
+            mask = fast.predict_case(files, case_id=cid).label
+            agree["held-out" if cid in truth else "real"].append(_region_dice(mask, ref_masks[cid]))
+            if cid in truth:
+                for r, v in _region_dice(mask, truth[cid]).items():
+                    score[r].append(v)
+        cells = [
+            " / ".join(f"{min(d[r] for d in agree[k]):.4f}" for r in REGIONS) if agree[k] else "-"
+            for k in ("held-out", "real")
+        ]
+        means = {r: float(np.mean(v)) for r, v in score.items()}
+        drop = max(ref_score[r] - means[r] for r in REGIONS)
+        lines.append(
+            f"| {name} | {cells[0]} | {cells[1]} | "
+            + " / ".join(f"{means[r]:.4f}" for r in REGIONS)
+            + f" | {drop:+.4f} |"
+        )
+        print(lines[-1], flush=True)
+    lines.append(
+        f"\ntargets: agreement >= {TARGET_AGREEMENT} per region, held-out drop <= {TARGET_DROP}\n"
+    )
+    return "\n".join(lines)
+
+
+def run() -> str:
+    """Run the parts asked for (``PART``: speed, accuracy, default both); markdown sections."""
+    part = os.environ.get("PART", "")
+    sections = []
+    if part in ("", "accuracy"):
+        sections.append(_accuracy())
+    if part in ("", "speed"):
+        sections.append(_speed())
+    return "\n".join(sections)
+
+
+if __name__ == "__main__":
+    print(run())
