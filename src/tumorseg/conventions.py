@@ -44,6 +44,7 @@ import numpy as np
 __all__ = [
     "CHALLENGE_CONVENTIONS",
     "CHANNEL_ORDER",
+    "CLASS_COLOURS",
     "DEFAULT_BUNDLE",
     "CLASSES",
     "CONVENTIONS",
@@ -65,6 +66,17 @@ CHANNEL_ORDER: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 
 #: Tumour label classes, by name.
 CLASSES: tuple[str, ...] = ("NCR", "ED", "ET")
+
+#: Display colour (RGB 0-255) of every label class any convention has: the usual BraTS viewer
+#: colours for NCR/ED/ET; the viewer's overlays and the DICOM-SEG segments both use it.
+CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
+    "NCR": (230, 30, 30),  # necrosis / non-enhancing core: red
+    "ED": (40, 200, 60),  # edema / SNFH: green
+    "ET": (250, 220, 20),  # enhancing: yellow
+    "RC": (60, 130, 250),  # resection cavity: blue
+    "CC": (200, 80, 220),  # cystic component (paediatric): magenta
+    "GTV": (250, 140, 30),  # gross tumour volume (meningioma RT): orange
+}
 
 #: Region channels predicted by the 3D bundle, in output-channel order.
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")

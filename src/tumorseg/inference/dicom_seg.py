@@ -28,14 +28,13 @@ from typing import Any
 import numpy as np
 
 from tumorseg import __version__
-from tumorseg.conventions import LabelConvention, get_convention
+from tumorseg.conventions import CLASS_COLOURS, LabelConvention, get_convention
 from tumorseg.inference.dicom_input import DicomStudy
 from tumorseg.io import atomic_path, read_json
 from tumorseg.io_dicom import LPS_TO_RAS
 
 __all__ = [
     "DICOM_SEG_SUFFIX",
-    "SEGMENT_COLOURS",
     "SEGMENT_TYPES",
     "SegAlgorithm",
     "import_dicom_packages",
@@ -53,12 +52,6 @@ SEGMENT_TYPES: dict[str, tuple[str, str]] = {
     "ET": ("108369006", "Neoplasm"),
 }
 
-#: Class -> display colour (RGB), the same as the viewer's overlay colours.
-SEGMENT_COLOURS: dict[str, tuple[int, int, int]] = {
-    "NCR": (230, 30, 30),
-    "ED": (40, 200, 60),
-    "ET": (250, 220, 20),
-}
 
 _CLASS_NAMES = {
     "NCR": "necrotic / non-enhancing tumour core",
@@ -183,7 +176,7 @@ def write_dicom_seg(
                 algorithm_identification=identification,
                 tracking_id=f"{name}: {_CLASS_NAMES[name]}",
                 tracking_uid=hd.UID(),
-                display_color=hd.color.CIELabColor.from_rgb(*SEGMENT_COLOURS[name]),
+                display_color=hd.color.CIELabColor.from_rgb(*CLASS_COLOURS[name]),
             )
         )
     seg = hd.seg.Segmentation(

@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from tumorseg.conventions import CHANNEL_ORDER, CLASSES, get_convention, get_layout
+from tumorseg.conventions import (
+    CHANNEL_ORDER,
+    CLASS_COLOURS,
+    CLASSES,
+    get_convention,
+    get_layout,
+)
 from tumorseg.io import is_temporary
 from tumorseg.viewer.caselist import label_figures
 from tumorseg.viewer.volumes import LABEL_VOLUMES, label_table, volume_nifti
@@ -38,12 +44,6 @@ __all__ = [
 UPLOADS_DIR = "uploads"
 #: The three orthogonal views, named after the RAS axis they cut (axial cuts S, ...).
 VIEWS: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
-#: Overlay colours (RGB 0-255) of the label classes, the usual BraTS viewer colours.
-CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
-    "NCR": (230, 30, 30),  # necrosis: red
-    "ED": (40, 200, 60),  # edema: green
-    "ET": (250, 220, 20),  # enhancing: yellow
-}
 _MASK_SUFFIXES = (".nii.gz", ".nii")
 _CACHE_CASES = 4
 _CACHE_VOLUMES = 12
