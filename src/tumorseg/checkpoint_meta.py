@@ -16,7 +16,8 @@ Why inside the file and not a JSON beside it:
   file (``--checkpoint ~/models/best.pt``, the viewer's checkpoint list);
 * the file stays loadable by everything that reads this project's checkpoints: ``torch.load``
   with ``weights_only=True`` (only str/int/float/list/dict are added), MONAI's
-  ``CheckpointLoader`` with ``load_dict={"network": net}``, and
+  ``CheckpointLoader`` with ``load_dict={"network": net}``, MONAI's
+  ``python -m monai.bundle ckpt_export network_def ... --key_in_ckpt network``, and
   :func:`tumorseg.networks.read_state_dict`.
 
 Files without the entry (older ``model.pt`` files, weights from elsewhere) still load as plain

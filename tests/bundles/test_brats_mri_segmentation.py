@@ -184,6 +184,8 @@ def test_ckpt_export_writes_a_torchscript_model_of_the_best_weights(trained: Pat
     cmd += ["--filepath", str(ts), "--ckpt_file", str(trained / "models" / "model.pt")]
     cmd += ["--meta_file", str(CONFIGS / "metadata.json")]
     cmd += ["--config_file", str(CONFIGS / "train.json"), "--filters", "[4,8,16,32,32]"]
+    # model.pt holds the weights under "network", beside their description (tumorseg_meta).
+    cmd += ["--key_in_ckpt", "network"]
     _run(cmd, trained)
     scripted = torch.jit.load(str(ts))
     out = scripted(torch.zeros(1, 4, 32, 32, 32))
