@@ -126,7 +126,7 @@ def test_cv_folder_rules_apply_by_default(data: dict[str, Path], tmp_path: Path)
 def test_bad_checkpoints_and_folders(
     data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nope.pt.*--checkpoint"):
         resolve_checkpoints([tmp_path / "nope.pt"])
     with pytest.raises(FileNotFoundError, match=f"without {CV_STATE}"):
         resolve_checkpoints([tmp_path])

@@ -112,7 +112,10 @@ def resolve_checkpoints(
         elif path.is_file():
             files.append(path)
         else:
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+            raise FileNotFoundError(
+                f"checkpoint not found: {path}; give --checkpoint a model.pt (or a tumorseg cv "
+                "folder), or train the bundle first (make train)"
+            )
     return files, folders[0] if len(folders) == 1 else None
 
 
