@@ -14,7 +14,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     code = main(["demo", "--workdir", "work", "--epochs", "2", "--num-train", "4", "--size", "32"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "python -m monai.bundle run training" in out
+    assert "python -m tumorseg.bundle_run run training" in out
     assert "held-out Dice" in out and "make mlflow-ui" in out
     work = tmp_path / "work"
     assert (work / "models" / "model.pt").is_file()

@@ -284,7 +284,7 @@ def _synthetic_data(root: Path) -> Path:
 
     generate_dataset(root / "brats", num_cases=6, shape=(32, 32, 32), seed=1)
     generate_dataset(root / "new_studies", num_cases=2, shape=(32, 32, 32), seed=2)
-    generate_kaggle_3m(root / "kaggle_3m", num_patients=4, shape=(64, 64, 8), seed=3)
+    generate_kaggle_3m(root / "kaggle_3m", num_patients=4, shape=(64, 64, 16), seed=3)
     write_manifest(build_manifest(root / "brats", num_folds=3), root / "brats_manifest.json")
     return root
 

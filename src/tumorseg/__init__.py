@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from types import ModuleType
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+# Once pydicom is installed (the dicom extra), MONAI warns on every image loader it builds that
+# NVIDIA's nvImageCodec GPU decoder is missing. tumorseg reads DICOM with ITK and never uses that
+# decoder, and the warning, logged through handlers bound to whatever stream was current, broke
+# the one-line error output of `tumorseg` commands.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 # Subpackages load on first attribute access, so bundle configs can write
 # `$tumorseg.training.region_output(0)` after `$import tumorseg` while `tumorseg --help`

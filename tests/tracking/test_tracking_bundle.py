@@ -26,6 +26,7 @@ from _tracking_utils import (
 
 from _bundle_utils import CONFIGS
 from tumorseg.cli import main
+from tumorseg.networks import read_state_dict
 from tumorseg.tracking import read_run_record
 from tumorseg.training import load_checkpoint
 
@@ -118,9 +119,9 @@ def test_server_run_has_params_metrics_artifacts_and_compare_matches_the_printed
     assert config["roi_size"] == [32, 32, 32] and config["tracking_uri"] == server.uri
     cases = list(csv.DictReader((local / "validation" / "cases.csv").open()))
     assert len(cases) == 2 and {"case_id", "dice_et", "hd95_et"} <= set(cases[0])
-    uploaded = torch.load(local / "checkpoints" / "model.pt", weights_only=True)
-    saved = load_checkpoint(tmp_path / "models" / "model.pt")
-    assert all(torch.equal(uploaded[k], saved[k]) for k in saved)
+    uploaded = read_state_dict(local / "checkpoints" / "model.pt")
+    saved = read_state_dict(tmp_path / "models" / "model.pt")
+    assert saved and all(torch.equal(uploaded[k], saved[k]) for k in saved)
 
     printed = _best_printed(log)
     row = _compare_csv(server.uri, "track-srv", tmp_path / "cmp.csv")[run_id]
