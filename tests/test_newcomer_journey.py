@@ -75,7 +75,7 @@ def test_demo_finetune_infer_evaluate_with_no_extra_flags(tmp_path: Path) -> Non
     )
     # The demo's network settings came from the checkpoint, not from the user.
     assert "--filters '[8,16,32,64,128]'" in finetune.stdout, finetune.stdout[:2000]
-    model = work / BUNDLE / "models" / "model.pt"
+    model = work / BUNDLE / "models" / "finetune" / "model.pt"
     assert model.is_file()
 
     run(

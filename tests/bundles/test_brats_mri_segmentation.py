@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from _bundle_utils import CONFIGS, TINY, bundle_cmd, run_ok
 from tumorseg.data.synthetic import generate_dataset
@@ -203,3 +204,17 @@ def test_finetune_config_resolves_with_the_default_network_in_a_fresh_process() 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() not in ("", "''", "None")
+
+
+def test_finetune_checkpoints_go_apart_from_a_trainings() -> None:
+    # `make train` then `make finetune` once resumed the training's checkpoint_latest.pt (its
+    # optimizer has one parameter group, a fine-tuning's two) and stopped with MONAI's "loaded
+    # state dict has a different number of parameter groups".
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json")])
+    parser["bundle_root"] = "B"
+    train_dir = parser.get_parsed_content("ckpt_dir")
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "finetune.json")])
+    parser["bundle_root"] = "B"
+    assert train_dir == "B/models"
+    assert parser.get_parsed_content("ckpt_dir") == "B/models/finetune"
