@@ -151,7 +151,7 @@ def test_bundle_overrides_parse_like_monai() -> None:
     assert got == {"epochs": 3, "filters": [4, 8], "device": "cpu", "amp": False}
     with pytest.raises(CVError, match="has no value"):
         bundle_overrides(["--epochs"])
-    with pytest.raises(CVError, match="--key value pairs, got 'epochs'"):
+    with pytest.raises(CVError, match="--key VALUE, got 'epochs' in the bundle overrides"):
         bundle_overrides(["epochs", "3"])
 
 
@@ -166,7 +166,7 @@ def test_refusals_before_any_training(
         ([*base, "--folds", "1", "1"], "folds [1, 1] are not distinct folds"),
         ([*base, "--", "--fold", "1"], "--fold is set by tumorseg cv"),
         ([*base, "--", "--ckpt_dir=x"], "--ckpt_dir is set by tumorseg cv"),
-        ([*base, "--", "--epochs"], "bundle override --epochs has no value"),
+        ([*base, "--", "--epochs"], "--epochs in the bundle overrides has no value"),
         ([*base[:2], str(tmp_path), *base[3:]], "has no configs/train.json"),
     ]
     for argv, message in cases:

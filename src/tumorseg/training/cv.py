@@ -22,7 +22,6 @@ process gone) is marked KILLED and deleted, so the parent ends with one child ru
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import os
@@ -40,6 +39,7 @@ from tumorseg.tracking import check_tracking_uri, fold_parent
 from tumorseg.tracking.lifecycle import RUN_RECORD, end_abandoned_run, read_run_record
 from tumorseg.tracking.runs import summarise_children
 from tumorseg.training.checkpoint import BEST, LATEST
+from tumorseg.training.finetune_args import parse_overrides
 from tumorseg.training.torchrun import DDP_CONFIGS, torchrun_command
 
 __all__ = [
@@ -180,31 +180,15 @@ def _check_bundle_args(bundle_args: Sequence[str]) -> None:
 
 def bundle_overrides(bundle_args: Sequence[str]) -> dict[str, Any]:
     """``monai.bundle run`` overrides (``["--filters", "[4,8]", "--epochs=1"]``) as config
-    values, parsed as ``monai.bundle`` parses them (Python literals, else strings), for the
-    inference of the same bundle.
+    values, parsed as ``monai.bundle`` parses them, for the inference of the same bundle.
 
     Raises:
         CVError: an argument that is not ``--key value`` or ``--key=value``.
     """
-    out: dict[str, Any] = {}
-    args = list(bundle_args)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or len(arg) == 2:
-            raise CVError(f"bundle overrides must be --key value pairs, got {arg!r} in {args}")
-        key, sep, text = arg[2:].partition("=")
-        if not sep:
-            if i + 1 >= len(args):
-                raise CVError(f"bundle override {arg} has no value")
-            text = args[i + 1]
-            i += 1
-        try:
-            out[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            out[key] = text
-        i += 1
-    return out
+    try:
+        return parse_overrides(bundle_args, where="the bundle overrides")
+    except ValueError as err:
+        raise CVError(str(err)) from None
 
 
 def _experiment_of(bundle: Path) -> str:

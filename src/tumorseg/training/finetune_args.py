@@ -42,8 +42,14 @@ def _value(text: str) -> Any:
     return text
 
 
-def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
-    """``--key value`` / ``--key=value`` pairs of a bundle command line -> ``{key: value}``.
+def parse_overrides(args: Sequence[str], where: str = "ARGS") -> dict[str, Any]:
+    """``--key value`` / ``--key=value`` pairs of a bundle command line -> ``{key: value}``,
+    each value read as MONAI's CLI reads it (JSON / a Python literal, else the text).
+
+    Args:
+        args: the command-line items.
+        where: what the items are, for the error message (``make finetune``'s ``ARGS``,
+            ``tumorseg cv``'s bundle overrides).
 
     Raises:
         ValueError: an argument that is not ``--key``, or a ``--key`` without its value.
@@ -54,11 +60,11 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     while i < len(items):
         item = items[i]
         if not item.startswith("--") or len(item) < 3:
-            raise ValueError(f"bundle overrides look like --key VALUE, got {item!r} in ARGS")
+            raise ValueError(f"bundle overrides look like --key VALUE, got {item!r} in {where}")
         key, sep, text = item[2:].partition("=")
         if not sep:
             if i + 1 >= len(items):
-                raise ValueError(f"--{key} in ARGS has no value")
+                raise ValueError(f"--{key} in {where} has no value")
             text = items[i + 1]
             i += 1
         out[key] = _value(text)
