@@ -9,10 +9,8 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from _real_case import ALGORITHMS, REAL_CASE
 from scipy import ndimage
-
-REAL_CASE = "TCGA-DU-7294"
-ALGORITHMS = ("hnfnetv1-20", "isen-20", "sanet0-20", "scan-20", "yixinmpl-20")
 
 
 @pytest.fixture

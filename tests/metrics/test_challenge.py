@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.metrics.conftest import ALGORITHMS, REAL_CASE
+from _real_case import ALGORITHMS, REAL_CASE
 
 from tumorseg.conventions import CHALLENGE_CONVENTIONS, convert_labels, get_convention
 from tumorseg.metrics.challenge import (
