@@ -18,6 +18,17 @@ SUBMODULES = sorted(
 )
 
 
+def test_every_submodule_is_reachable_as_an_attribute_in_one_fresh_process() -> None:
+    # The fast check: one interpreter reaches every submodule in turn (an earlier one may have
+    # imported a later one; the slow test below gives each its own interpreter).
+    code = "import tumorseg, types\n" + "".join(
+        f"assert isinstance(tumorseg.{name}, types.ModuleType), {name!r}\n" for name in SUBMODULES
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.slow  # one interpreter start (torch, MONAI) per submodule: minutes on 2 cores
 @pytest.mark.parametrize("name", SUBMODULES)
 def test_every_submodule_is_reachable_as_an_attribute_in_a_fresh_process(name: str) -> None:
     # A fresh interpreter: in this one, other tests may already have imported the module.
