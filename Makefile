@@ -38,8 +38,11 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
+# Tests run in TEST_WORKERS processes (pytest-xdist; `auto`: one per core); TEST_WORKERS=0 runs them
+# in this process, as a debugger wants.
+TEST_WORKERS ?= auto
 test: install lint browser
-	$(VENV)/bin/pytest -m "not slow" -q
+	$(VENV)/bin/pytest -m "not slow" -q -n $(TEST_WORKERS)
 
 # The viewer's end-to-end test drives Debian's Chromium through chromedriver (Selenium, with no
 # driver or browser download); installed here once as root, otherwise that one test is skipped.
@@ -54,7 +57,7 @@ browser:
 	fi
 
 test-slow: install
-	$(VENV)/bin/pytest -m slow -q
+	$(VENV)/bin/pytest -m slow -q -n $(TEST_WORKERS)
 
 # Real-data benchmarks take the data folder: make bench BENCH=lgg_real DATA=/data/kaggle_3m
 # [TRAIN=1] [LGG_NETWORK=transunet] [LGG_CHECKPOINT=path] [WORK=dir] (benchmarks/bench_lgg_real.py).

@@ -188,6 +188,8 @@ def test_folder_inference_reassembles_volumes_on_the_input_grid(
     assert "WT" in json.dumps(summary) and "ET" in json.dumps(summary)
 
 
+# A second 2D and a 3D training, ~20 s; compare itself is covered in tests/tracking.
+@pytest.mark.slow
 def test_2d_and_3d_runs_sit_side_by_side_in_compare(
     dataset: Path, trained: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -254,6 +256,8 @@ def test_a_pretrained_encoder_is_loaded_from_a_local_file(tmp_path: Path) -> Non
         torch.testing.assert_close(own[f"encoder.{key}"], source[key], msg=key)
 
 
+# ~20 s of training; the local-file encoder load and refusal tests stay in make test.
+@pytest.mark.slow
 def test_mobilenet_encoder_fine_tunes_from_a_local_file_through_the_bundle(
     dataset: Path, tmp_path: Path
 ) -> None:

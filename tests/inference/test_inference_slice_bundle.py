@@ -63,6 +63,8 @@ def test_real_study_mask_equals_its_reference_through_the_slices(
     assert np.array_equal(mask, seg), f"{int((mask != seg).sum())} voxels differ from _seg"
 
 
+# ~19 s; the real study's geometry through the slices is checked above in make test.
+@pytest.mark.slow
 def test_real_study_through_the_bundle_network_keeps_its_geometry(
     shared_data: Path, tmp_path: Path
 ) -> None:

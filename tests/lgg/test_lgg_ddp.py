@@ -85,6 +85,8 @@ def _rank(rank: int, port: int, out_dir: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+# Two Gloo ranks, ~12 s; the rank-local metric test below stays in make test.
+@pytest.mark.slow
 def test_two_ranks_score_every_slice_once_and_only_rank0_writes(tmp_path: Path) -> None:
     mp.start_processes(_rank, args=(free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
     preds, refs = _masks()
@@ -165,6 +167,8 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work
 
 
+# The two-rank LGG run costs ~50 s; make test keeps the 3D bundle's DDP checks (tests/training).
+@pytest.mark.slow
 def test_ddp_run_writes_one_checkpoint_set(ddp_run: Path) -> None:
     files = sorted(p.name for p in (ddp_run / "models").iterdir() if p.is_file())
     assert files == ["checkpoint_latest.pt", "mlflow_run.json", "model.pt"]
@@ -173,6 +177,8 @@ def test_ddp_run_writes_one_checkpoint_set(ddp_run: Path) -> None:
     assert len(_csv(ddp_run / "ddp_scores" / "slice_dice.csv")) == 2 * SHAPE[2]
 
 
+# Uses the ~50 s two-rank LGG run above.
+@pytest.mark.slow
 def test_ddp_validation_dice_equals_single_process_evaluation(ddp_run: Path) -> None:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating"]
     cmd += ["--meta_file", str(CONFIGS / "metadata.json")]

@@ -66,6 +66,8 @@ def test_network_file_builds_a_2d_transunet_for_the_slices() -> None:
         assert net.eval()(torch.zeros(2, 3, 48, 64)).shape == (2, 1, 48, 64)
 
 
+# ~28 s; tests/networks keeps a one-epoch TransUNet bundle run in make test.
+@pytest.mark.slow
 def test_one_epoch_training_and_evaluation_with_transunet(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -86,6 +86,8 @@ def test_sqlite_one_run_per_training_resume_continues_it_compare_reads_it_back(
     assert {m: f"{float(row[m]):.4f}" for m in printed} == printed
 
 
+# ~35 s (a server plus a training); make test keeps the SQLite-store run of the same bundle.
+@pytest.mark.slow
 def test_server_run_has_params_metrics_artifacts_and_compare_matches_the_printed_numbers(
     tiny_dataset: Path, tmp_path: Path, server: Server
 ) -> None:
