@@ -22,10 +22,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _infer_utils import BUNDLE, TINY_FILTERS
+from _infer_utils import BUNDLE, TINY_FILTERS, decisive_tiny_network
 
 from tumorseg.conventions import CHANNEL_ORDER
-from tumorseg.inference import Predictor, export, load_bundle
+from tumorseg.inference import Predictor, export
 from tumorseg.inference.backends import OnnxRuntimeNetwork
 from tumorseg.inference.export import AxiswiseInstanceNorm, export_network, onnx_ready
 
@@ -39,15 +39,7 @@ CROP = (slice(60, 156), slice(60, 156), slice(30, 110))
 
 @pytest.fixture(scope="module")
 def network() -> torch.nn.Module:
-    config = load_bundle(BUNDLE, overrides={"filters": TINY_FILTERS})
-    torch.manual_seed(3)
-    network = config.get_parsed_content("network_def").eval()
-    # Random weights give logits near 0 (probabilities near the 0.5 threshold); larger output
-    # weights put nearly every voxel far from it, so masks compare like a trained network's.
-    with torch.no_grad():
-        for param in network.output_block.parameters():
-            param.mul_(10.0)
-    return network
+    return decisive_tiny_network(seed=3)
 
 
 @pytest.fixture(scope="module")
