@@ -256,10 +256,10 @@ def _window(shape: tuple[int, ...], generator: torch.Generator, kind: str) -> to
     x = torch.randn(shape, generator=generator)
     if kind == "random":
         return x
-    inside = tuple(slice(s // 4, s - s // 4) for s in shape[2:])
-    study = torch.zeros(shape)
-    study[(Ellipsis, *inside)] = 1.0 + 0.5 * x[(Ellipsis, *inside)]
-    return study
+    block: tuple[Any, ...] = (..., *(slice(s // 4, s - s // 4) for s in shape[2:]))
+    inside = torch.zeros(shape, dtype=torch.bool)
+    inside[block] = True
+    return torch.where(inside, 1.0 + 0.5 * x, torch.zeros(()))
 
 
 def _write(network: torch.nn.Module, example: torch.Tensor, path: Path, export_format: str) -> None:
