@@ -13,16 +13,17 @@ inference) to a file that runs without the training stack:
 Instance and group normalisation are exported as explicit reductions, one spatial axis at a
 time (:class:`AxiswiseInstanceNorm`, :func:`onnx_ready`), not as ONNX
 ``InstanceNormalization``: ONNX Runtime's CPU kernel of that operator (and its ``ReduceMean``
-over several axes at once) accumulates a whole window in float32, one running sum. On a
-96^3 window that alone is off by 5e-5 (mean 0) to 3e-4 (mean 100) against float64, against
-3e-7 to 3e-6 for PyTorch; through the 18 normalisations of the bundle's DynUNet it put the
-probabilities of the real study TCGA-DU-7294 6.7e-3 from PyTorch's and changed 89 mask voxels,
-while PyTorch stayed within 2e-5 of float64 (``docs/benchmarks.md``). A mean of per-axis means
-is the same mean, but every sum has at most one axis of terms.
+over several axes at once) is as inaccurate as one float32 running sum over the whole window,
+its error growing with the window's mean. On a 96^3 window that alone is off by 5e-5 (mean 0)
+to 3e-4 (mean 100) against float64, against 3e-7 to 3e-6 for PyTorch; through the 22
+normalisations of the bundle's DynUNet it put the probabilities of the real study TCGA-DU-7294
+6.7e-3 from PyTorch's and changed 89 mask voxels, while PyTorch stayed within 2e-5 of float64
+(``docs/benchmarks.md``). A mean of per-axis means is the same mean, but every sum has at most
+one axis of terms.
 
 The parity check runs the exported file and the PyTorch network on windows of the bundle's
 ``roi_size`` and of a second size (the first axis halved): random ones, and one shaped like a
-normalised study (a non-negative block on a zero background, the case a whole-window float32
+normalised study (a positive-mean block on a zero background, the case a whole-window float32
 sum gets wrong), and compares the sigmoid probabilities; beyond ``atol`` the file is not kept.
 The file is written atomically.
 """
@@ -120,6 +121,7 @@ class AxiswiseInstanceNorm(torch.nn.Module):
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(N, C, *spatial)`` normalised per sample and channel (or group)."""
         grouped = self.num_groups != self.num_channels
         # (N, C, *S), or (N, G, C/G, *S) for groups: statistics over every axis from 2 on
         y = x.unflatten(1, (self.num_groups, -1)) if grouped else x
