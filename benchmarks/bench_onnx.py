@@ -13,7 +13,9 @@ costs the same whatever the weights):
   plain convolution blocks (30.8 M parameters).
 
 Each case runs in a fresh process (its own peak RSS), both backends with the same number of
-threads, after one warm-up window. The CPU is shared with other work, so the arms alternate
+threads and in float32 (``precision fp32``: the PyTorch default ``auto`` is bfloat16 on a CPU
+with native bfloat16, while the ONNX model runs in float32), after one warm-up window. The
+CPU is shared with other work, so the arms alternate
 (PyTorch, ONNX Runtime, PyTorch, ONNX Runtime ...) and the table gives the ratio per pair.
 
 Run alone with ``python benchmarks/bench_onnx.py [REPEATS]``; ``make bench BENCH=onnx``.
@@ -98,11 +100,11 @@ def _child(
     if backend == "onnxruntime":
         network: Any = OnnxRuntimeNetwork(onnx, num_threads=threads)
         predictor = Predictor.from_bundle(
-            BUNDLE, overrides=overrides, network=network, device="cpu"
+            BUNDLE, overrides=overrides, network=network, device="cpu", precision="fp32"
         )
     else:
         predictor = Predictor.from_bundle(
-            BUNDLE, overrides=overrides, checkpoint=ckpt, device="cpu"
+            BUNDLE, overrides=overrides, checkpoint=ckpt, device="cpu", precision="fp32"
         )
     with torch.no_grad():
         predictor.network(torch.zeros(1, 4, *predictor.roi_size))  # warm-up window
@@ -181,8 +183,8 @@ def run(repeats: int = 2) -> str:
     threads = rows[0][2]["pytorch"][0]["threads"]
     return f"""## PyTorch vs ONNX Runtime, whole case on CPU (issue 20)
 
-{what}, bundle preprocessing, roi 96^3, overlap 0.5, sw_batch_size 1, {threads} threads in
-both backends, fresh process per run, {repeats} alternating runs per arm
+{what}, bundle preprocessing, roi 96^3, overlap 0.5, sw_batch_size 1, float32 and {threads}
+threads in both backends, fresh process per run, {repeats} alternating runs per arm
 (`python benchmarks/bench_onnx.py`).
 
 | network | backend | whole case s (per run) | network s (median) | peak RSS GB |

@@ -214,6 +214,22 @@ def tiny_checkpoint(path: Path, *, filters: list[int] | None = None, seed: int =
     return path
 
 
+def decisive_tiny_network(seed: int = 3, output_scale: float = 10.0) -> torch.nn.Module:
+    """The bundle's DynUNet with :data:`TINY_FILTERS` and random weights, in eval mode, its
+    output block scaled by ``output_scale``: random weights give logits near 0 (probabilities
+    near the 0.5 threshold); scaled, nearly every voxel is far from it, so the masks of two
+    backends compare like a trained network's."""
+    from tumorseg.inference import load_bundle
+
+    config = load_bundle(BUNDLE, overrides={"filters": TINY_FILTERS})
+    torch.manual_seed(seed)
+    network = config.get_parsed_content("network_def").eval()
+    with torch.no_grad():
+        for param in network.output_block.parameters():
+            param.mul_(output_scale)
+    return network
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     total = a.sum() + b.sum()

@@ -255,3 +255,92 @@ def test_cli_writes_seg_from_dicom_with_a_real_network(
 
     assert main([*args[:3], "--output", str(tmp_path / "x"), "--dicom-map", "t5=x"]) == 2
     assert "names modality 't5'" in capsys.readouterr().err
+
+
+def _label_on_study_grid(tmp_path: Path) -> tuple[object, np.ndarray, np.ndarray]:
+    """A DICOM study, its FLAIR grid's RAS affine, and a brats2024 label map on that grid
+    with all four classes (label 4, the resection cavity, next to the tumour)."""
+    from tumorseg.inference.dicom_input import find_dicom_study, load_dicom_study
+
+    shape = (34, 32, 30)
+    affine = orientation_affine("LPS", shape=shape, oblique_degrees=17.0)
+    images, _ = encoded_phantom(shape, seed=7, orientation="LPS")
+    write_dicom_study(tmp_path / "CASE1", images, affine)
+    study = find_dicom_study("CASE1", tmp_path / "CASE1", None)
+    loaded = load_dicom_study(study)
+    assert tuple(loaded.shape[1:]) == shape
+    label = np.zeros(shape, np.uint8)
+    label[8:20, 6:22, 5:20] = 2  # ED
+    label[11:17, 9:19, 8:17] = 1  # NCR
+    label[13:15, 12:16, 10:15] = 3  # ET
+    rng = np.random.default_rng(0)
+    cavity = np.zeros(shape, bool)
+    cavity[20:29, 10:24, 12:24] = True
+    cavity &= rng.random(shape) > 0.2  # an irregular cavity, not a box
+    label[cavity] = 4  # RC
+    return study, np.asarray(loaded.affine, np.float64), label
+
+
+def test_brats2024_resection_cavity_is_its_own_coded_segment(tmp_path: Path) -> None:
+    import highdicom as hd
+
+    from tumorseg.conventions import CLASS_COLOURS
+    from tumorseg.inference.dicom_seg import PRIVATE_SCHEME, read_dicom_seg_labels, write_dicom_seg
+
+    study, affine, label = _label_on_study_grid(tmp_path / "in")
+    path = write_dicom_seg(tmp_path / "CASE1.seg.dcm", label, "brats2024", study)
+    classes = get_convention("brats2024").classes
+    decoded = seg_labels_on_grid(path, affine, label.shape, classes)
+    assert (label == 4).sum() > 500
+    assert np.array_equal(decoded == 4, label == 4), int(((decoded == 4) != (label == 4)).sum())
+    assert np.array_equal(decoded, label)  # and every other class where drawn
+    back, _ = read_dicom_seg_labels(path, "brats2024")
+    assert sorted(np.unique(back)) == [0, 1, 2, 3, 4] and (back == 4).sum() == (label == 4).sum()
+
+    seg = hd.seg.segread(str(path))
+    numbers = seg.get_segment_numbers()
+    assert [seg.get_segment_description(n).segment_label for n in numbers] == [
+        "NCR", "ED", "ET", "RC"
+    ]  # fmt: skip
+    rc = seg.get_segment_description(4)
+    assert (rc.segmented_property_type.value, rc.segmented_property_type.scheme_designator) == (
+        "RC",
+        PRIVATE_SCHEME,
+    )
+    assert rc.segmented_property_type.meaning == "Resection cavity"
+    assert rc.segmented_property_category.value == "49755003"
+    assert rc.tracking_id == "RC: resection cavity"
+    want = hd.color.CIELabColor.from_rgb(*CLASS_COLOURS["RC"]).value
+    assert tuple(seg.SegmentSequence[3].RecommendedDisplayCIELabValue) == tuple(want)
+    assert want != hd.color.CIELabColor.from_rgb(*CLASS_COLOURS["ET"]).value
+    schemes = [item.CodingSchemeDesignator for item in seg.CodingSchemeIdentificationSequence]
+    assert schemes == [PRIVATE_SCHEME]
+
+
+def test_segs_without_a_private_code_name_no_private_scheme(tmp_path: Path) -> None:
+    import pydicom
+
+    from tumorseg.inference.dicom_seg import write_dicom_seg
+
+    study, _, label = _label_on_study_grid(tmp_path / "in")
+    label[label == 4] = 0
+    label[label == 3] = 4  # brats2021: 4 is enhancing tumour, not a cavity
+    path = write_dicom_seg(tmp_path / "CASE1.seg.dcm", label, "brats2021", study)
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    assert "CodingSchemeIdentificationSequence" not in ds
+    types = [item.SegmentedPropertyTypeCodeSequence[0] for item in ds.SegmentSequence]
+    assert [(t.CodeValue, t.CodingSchemeDesignator) for t in types] == [
+        ("6574001", "SCT"), ("79654002", "SCT"), ("108369006", "SCT")
+    ]  # fmt: skip
+
+
+def test_a_class_without_a_coded_concept_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    from tumorseg.inference.dicom_seg import write_dicom_seg
+
+    study, _, label = _label_on_study_grid(tmp_path / "in")
+    message = r"no DICOM coded concept for label class 'GTV' \(value 1\) of label convention"
+    gtv = (label > 0).astype(np.uint8)
+    with pytest.raises(ValueError, match=message + " 'brats2024menrt'") as err:
+        write_dicom_seg(tmp_path / "out" / "CASE1.seg.dcm", gtv, "brats2024menrt", study)
+    assert "\n" not in str(err.value) and "'RC'" in str(err.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -2,42 +2,44 @@
 
 The bundle's DynUNet (small filters, random weights: parity does not depend on the weights)
 is exported with :func:`tumorseg.inference.export.export_network` and run by
-:class:`~tumorseg.inference.backends.OnnxRuntimeNetwork` inside the same predictor, on the
-real study TCGA-DU-7294: only the network call differs.
+:class:`~tumorseg.inference.backends.OnnxRuntimeNetwork` inside the same predictor, both in
+float32 with the same windows, on the real study TCGA-DU-7294 (a crop around the tumour in
+the fast test, the whole study in the slow one): only the network call differs.
+
+Before the export wrote instance normalisation as explicit one-axis reductions
+(:class:`~tumorseg.inference.export.AxiswiseInstanceNorm`), ONNX Runtime's
+``InstanceNormalization`` summed each 96^3 window in float32 and the whole study differed from
+PyTorch by 6.7e-3 in probability and 89 mask voxels (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from _infer_utils import BUNDLE, TINY_FILTERS
+from _infer_utils import BUNDLE, TINY_FILTERS, decisive_tiny_network
 
 from tumorseg.conventions import CHANNEL_ORDER
-from tumorseg.inference import Predictor, load_bundle
+from tumorseg.inference import Predictor, export
 from tumorseg.inference.backends import OnnxRuntimeNetwork
-from tumorseg.inference.export import export_network
+from tumorseg.inference.export import AxiswiseInstanceNorm, export_network, onnx_ready
 
 pytest.importorskip("onnxruntime")
 
 CASE = "TCGA-DU-7294"
 ROI = (64, 64, 64)
+#: A crop of the real study around its tumour (voxel ranges of the 240x240x155 grid).
+CROP = (slice(60, 156), slice(60, 156), slice(30, 110))
 
 
 @pytest.fixture(scope="module")
 def network() -> torch.nn.Module:
-    config = load_bundle(BUNDLE, overrides={"filters": TINY_FILTERS})
-    torch.manual_seed(3)
-    network = config.get_parsed_content("network_def").eval()
-    # Random weights give logits near 0 (probabilities near the 0.5 threshold); larger output
-    # weights put nearly every voxel far from it, so masks compare like a trained network's.
-    with torch.no_grad():
-        for param in network.output_block.parameters():
-            param.mul_(10.0)
-    return network
+    return decisive_tiny_network(seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -49,34 +51,96 @@ def onnx_model(network: torch.nn.Module, tmp_path_factory: pytest.TempPathFactor
     return path
 
 
+def _both_backends(
+    files: list[Path], network: torch.nn.Module, onnx_model: Path, roi: tuple[int, ...]
+) -> tuple[object, object, OnnxRuntimeNetwork]:
+    """The PyTorch and ONNX Runtime predictions of one study: float32, same windows."""
+    settings = {"roi_size": roi, "overlap": 0.25, "device": "cpu", "precision": "fp32",
+                "tiling": "windows", "overrides": {"filters": TINY_FILTERS}}  # fmt: skip
+    ort_network = OnnxRuntimeNetwork(onnx_model)
+    want = Predictor.from_bundle(BUNDLE, network=network, **settings).predict_case(files)
+    got = Predictor.from_bundle(BUNDLE, network=ort_network, **settings).predict_case(files)
+    return want, got, ort_network
+
+
+def _assert_parity(want: object, got: object) -> None:
+    diff = np.abs(got.probabilities - want.probabilities)  # type: ignore[attr-defined]
+    assert float(diff.max()) <= 1e-4, float(diff.max())
+    np.testing.assert_array_equal(got.label, want.label)  # type: ignore[attr-defined]
+    assert (want.label > 0).sum() > 1000  # type: ignore[attr-defined]  # a mask to compare
+    np.testing.assert_array_equal(got.affine, want.affine)  # type: ignore[attr-defined]
+
+
+@pytest.mark.shared_data
+def test_onnxruntime_matches_pytorch_on_a_real_crop(
+    shared_data: Path, network: torch.nn.Module, onnx_model: Path, tmp_path: Path
+) -> None:
+    files = []
+    for m in CHANNEL_ORDER:
+        image = nib.load(str(shared_data / "brats2020_layout" / CASE / f"{CASE}_{m}.nii.gz"))
+        files.append(tmp_path / f"{CASE}_{m}.nii.gz")
+        nib.save(image.slicer[CROP], str(files[-1]))
+    want, got, ort_network = _both_backends(files, network, onnx_model, ROI)
+    assert ort_network.calls > 1  # the sliding window called ONNX Runtime, window by window
+    _assert_parity(want, got)
+
+
 @pytest.mark.shared_data
 @pytest.mark.slow
 def test_onnxruntime_backend_matches_pytorch_on_a_real_study(
     shared_data: Path, network: torch.nn.Module, onnx_model: Path
 ) -> None:
     files = [shared_data / "brats2020_layout" / CASE / f"{CASE}_{m}.nii.gz" for m in CHANNEL_ORDER]
-    settings = {"roi_size": (96, 96, 96), "overlap": 0.25, "device": "cpu"}
-    torch_predictor = Predictor.from_bundle(
-        BUNDLE, network=network, overrides={"filters": TINY_FILTERS}, **settings
-    )
-    ort_network = OnnxRuntimeNetwork(onnx_model)
-    ort_predictor = Predictor.from_bundle(
-        BUNDLE, network=ort_network, overrides={"filters": TINY_FILTERS}, **settings
-    )
-    want = torch_predictor.predict_case(files)
-    got = ort_predictor.predict_case(files)
-    assert ort_network.calls > 1  # the sliding window called ONNX Runtime, window by window
-    diff = np.abs(got.probabilities - want.probabilities)
-    # Measured on this study (issue 20 asked for 1e-4 and identical masks, NOT met here):
-    # max 6.7e-3, 2 % of the values above 1e-4, 89 of 8.9 M label voxels different. Random
-    # windows agree to 1e-4 (export check); probably (not verified) the brain's windows, whose
-    # zero background makes some instance-normalised features nearly constant, amplify float32
-    # rounding.
-    assert float(diff.max()) <= 1e-2, float(diff.max())
-    assert float(np.quantile(diff, 0.9)) <= 1e-4
-    assert int((got.label != want.label).sum()) <= 1e-4 * got.label.size
-    assert (want.label > 0).sum() > 1000  # a mask with something in it
-    np.testing.assert_array_equal(got.affine, want.affine)
+    want, got, ort_network = _both_backends(files, network, onnx_model, (96, 96, 96))
+    assert ort_network.calls > 1
+    _assert_parity(want, got)  # measured: 2.0e-5 at most, no mask voxel different
+
+
+@pytest.mark.parametrize("kind", ["instance", "instance_affine", "group"])
+def test_axiswise_norm_is_the_torch_norm_and_exports_without_instance_normalization(
+    kind: str, tmp_path: Path
+) -> None:
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    norms = {
+        "instance": torch.nn.InstanceNorm3d(6),
+        "instance_affine": torch.nn.InstanceNorm3d(6, affine=True),
+        "group": torch.nn.GroupNorm(3, 6),
+    }
+    net = torch.nn.Sequential(torch.nn.Conv3d(2, 6, 3, padding=1), norms[kind]).eval()
+    with torch.no_grad():
+        for p in net[1].parameters():
+            p.uniform_(0.5, 1.5)
+    ready = onnx_ready(net)
+    assert isinstance(ready[1], AxiswiseInstanceNorm) and type(net[1]) is not AxiswiseInstanceNorm
+    # A study-like input: a positive block on zeros (features with a large mean).
+    x = torch.zeros(2, 2, 24, 20, 16)
+    x[:, :, 4:20, 4:16, 4:12] = 3.0 + torch.rand(2, 2, 16, 12, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(ready(x), net(x), atol=2e-5, rtol=0)
+        reference = copy.deepcopy(net).double()(x.double())
+    path = tmp_path / "norm.onnx"
+    export_network(net, path, export_format="onnx", roi_size=(24, 20, 16), in_channels=2)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "InstanceNormalization" not in ops and "ReduceMean" in ops
+    got = OnnxRuntimeNetwork(path)(x).double()
+    assert float((got - reference).abs().max()) <= 1e-5
+
+
+def test_export_check_includes_a_study_like_window(
+    network: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Exported as ONNX InstanceNormalization (as before the fix), the study-like window of the
+    # parity check exposes ONNX Runtime's float32 sums, which random windows hide.
+    monkeypatch.setattr(export, "onnx_ready", lambda net: net)
+    report = export_network(network, tmp_path / "plain.onnx", export_format="onnx",
+                            roi_size=(48, 48, 48), in_channels=4, atol=1.0)  # fmt: skip
+    assert max(report.max_abs_diff.values()) > 1e-4
+    runner = OnnxRuntimeNetwork(tmp_path / "plain.onnx")
+    x = torch.randn((1, 4, 48, 48, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        random_diff = float((torch.sigmoid(runner(x)) - torch.sigmoid(network(x))).abs().max())
+    assert random_diff <= 1e-4  # a random window alone would have let it through
 
 
 def test_onnx_model_takes_other_window_sizes(network: torch.nn.Module, onnx_model: Path) -> None:

@@ -26,8 +26,8 @@ def register(subparsers: Any) -> None:
             "Export the bundle's network with the checkpoint's weights. ONNX keeps the batch "
             "and spatial axes dynamic (run it with tumorseg infer --backend onnxruntime "
             "--model FILE); TorchScript is traced. The sigmoid probabilities of the file are "
-            "compared with PyTorch's on random windows of roi_size (and of a second size); "
-            "beyond --atol nothing is written."
+            "compared with PyTorch's on random and study-like windows of roi_size (and of a "
+            "second size); beyond --atol nothing is written."
         ),
     )
     p.add_argument("--bundle", default=DEFAULT_BUNDLE, help="bundle folder (default %(default)s)")

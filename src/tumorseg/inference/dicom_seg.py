@@ -4,10 +4,12 @@
 (:mod:`tumorseg.inference.dicom_input`) into a DICOM Segmentation (``highdicom``), which 3D
 Slicer, OHIF and PACS viewers display over the source images:
 
-* one segment per tumour class of the label convention (NCR, ED, ET; RC once a convention
-  defines it), each with SNOMED CT coded concepts (category *Morphologically abnormal
-  structure*, type *Necrosis*, *Edema*, *Neoplasm*), the viewer's colour and the algorithm
-  that made it (name, tumorseg version, bundle version and backend as parameters);
+* one segment per tumour class of the label convention (NCR, ED, ET; RC in ``brats2024``),
+  each with coded concepts (category SNOMED CT *Morphologically abnormal structure*; type
+  SNOMED CT *Necrosis*, *Edema*, *Neoplasm*, and for the resection cavity the private code
+  of :data:`RESECTION_CAVITY`), the viewer's colour (:data:`~tumorseg.conventions.CLASS_COLOURS`)
+  and the algorithm that made it (name, tumorseg version, bundle version and backend as
+  parameters);
 * frames referencing the FLAIR series instance by instance (``source_images``: the mask has
   FLAIR's grid), and the T1, T1ce and T2 series as further sources, so the SEG names the
   Study, Series and SOP Instance UIDs of all four inputs;
@@ -35,6 +37,8 @@ from tumorseg.io_dicom import LPS_TO_RAS
 
 __all__ = [
     "DICOM_SEG_SUFFIX",
+    "PRIVATE_SCHEME",
+    "RESECTION_CAVITY",
     "SEGMENT_TYPES",
     "SegAlgorithm",
     "import_dicom_packages",
@@ -45,11 +49,24 @@ __all__ = [
 #: File name of a case's SEG: ``<case_id>.seg.dcm``.
 DICOM_SEG_SUFFIX = ".seg.dcm"
 
-#: Class -> (SNOMED CT code of the segmented property type, meaning).
-SEGMENT_TYPES: dict[str, tuple[str, str]] = {
-    "NCR": ("6574001", "Necrosis"),
-    "ED": ("79654002", "Edema"),
-    "ET": ("108369006", "Neoplasm"),
+#: tumorseg's private coding scheme: DICOM PS3.3 section 8.2 reserves designators that begin
+#: with ``99`` for private schemes; a SEG that uses it names it in its Coding Scheme
+#: Identification Sequence.
+PRIVATE_SCHEME = "99TUMORSEG"
+
+#: The resection cavity's segmented property type ``(code, scheme, meaning)``. No standard
+#: code for it was found: not in pydicom's code dictionary (``pydicom.sr.codedict``, every
+#: scheme, pydicom 3.0.2), nor in DICOM's Segmentation Property Type or Lesion Segmentation
+#: Type context groups (CID 7151, 7159), nor in highdicom. Rather than invent a SNOMED CT
+#: code it is tumorseg's private code, with the BraTS 2024 name as its meaning.
+RESECTION_CAVITY = ("RC", PRIVATE_SCHEME, "Resection cavity")
+
+#: Class -> segmented property type ``(code, coding scheme, meaning)``.
+SEGMENT_TYPES: dict[str, tuple[str, str, str]] = {
+    "NCR": ("6574001", "SCT", "Necrosis"),
+    "ED": ("79654002", "SCT", "Edema"),
+    "ET": ("108369006", "SCT", "Neoplasm"),
+    "RC": RESECTION_CAVITY,
 }
 
 
@@ -57,6 +74,7 @@ _CLASS_NAMES = {
     "NCR": "necrotic / non-enhancing tumour core",
     "ED": "peritumoural edema",
     "ET": "enhancing tumour",
+    "RC": "resection cavity",
 }
 _CATEGORY = ("49755003", "Morphologically abnormal structure")
 
@@ -106,6 +124,23 @@ class SegAlgorithm:
 
 def _read_headers(pydicom: Any, files: tuple[Path, ...]) -> list[Any]:
     return [pydicom.dcmread(str(f), stop_before_pixels=True) for f in files]
+
+
+def _private_schemes(hd: Any, descriptions: list[Any]) -> list[Any] | None:
+    """The Coding Scheme Identification items of the private schemes the segments use."""
+    used = {d.segmented_property_type.scheme_designator for d in descriptions}
+    if PRIVATE_SCHEME not in used:
+        return None
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+
+    return [
+        CodingSchemeIdentificationItem(
+            PRIVATE_SCHEME,
+            name="tumorseg label classes without a standard code",
+            responsible_organization="tumorseg",
+            version=__version__,
+        )
+    ]
 
 
 def write_dicom_seg(
@@ -163,15 +198,19 @@ def write_dicom_seg(
     descriptions = []
     for number, (name, value) in enumerate(conv.classes.items(), start=1):
         if name not in SEGMENT_TYPES:
-            raise ValueError(f"no DICOM coded concept for label class {name!r} (value {value})")
+            raise ValueError(
+                f"no DICOM coded concept for label class {name!r} (value {value}) of label "
+                f"convention {conv.name!r}; DICOM-SEG output takes the classes "
+                f"{sorted(SEGMENT_TYPES)}"
+            )
         segments[voxels == value] = number
-        code, meaning = SEGMENT_TYPES[name]
+        code, scheme, meaning = SEGMENT_TYPES[name]
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
                 segment_label=name,
                 segmented_property_category=Code(_CATEGORY[0], "SCT", _CATEGORY[1]),
-                segmented_property_type=Code(code, "SCT", meaning),
+                segmented_property_type=Code(code, scheme, meaning),
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=identification,
                 tracking_id=f"{name}: {_CLASS_NAMES[name]}",
@@ -195,6 +234,7 @@ def write_dicom_seg(
         series_description=f"{algorithm.name} tumour segmentation",
         further_source_images=further,
         omit_empty_frames=True,
+        coding_schemes=_private_schemes(hd, descriptions),
     )
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
