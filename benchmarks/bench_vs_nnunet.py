@@ -20,7 +20,13 @@ process: nnU-Net's worker processes are not summed).
 the reference masks of MONAI's ``SlidingWindowInferer`` in float32, overlap 0.5, Gaussian,
 on the held-out studies (also scored against their labels) and on the shared real studies.
 
-``make bench BENCH=vs_nnunet``; ``PART=speed`` or ``PART=accuracy`` runs one half.
+**Decomposition** (``PART=decompose``): on a tumour-centred block of a real crop, the masks
+of each precision and tiling against the reference, one factor at a time. ``PART=passes``: the
+equal network's float32 whole pass vs its windows on one real crop (network time only).
+``PART=compile``: one window, eager vs ``torch.compile``, float32 and bfloat16.
+
+``make bench BENCH=vs_nnunet``; ``PART`` (comma-separated) picks parts; default speed and
+accuracy.
 nnU-Net (``nnunetv2``) must be installed for the speed half; without it that half is skipped.
 """
 
