@@ -20,13 +20,20 @@ process: nnU-Net's worker processes are not summed).
 the reference masks of MONAI's ``SlidingWindowInferer`` in float32, overlap 0.5, Gaussian,
 on the held-out studies (also scored against their labels) and on the shared real studies.
 
-``make bench BENCH=vs_nnunet``; ``PART=speed`` or ``PART=accuracy`` runs one half.
+**Decomposition** (``PART=decompose``): on a tumour-centred block of a real crop, the masks
+of each precision and tiling against the reference, one factor at a time. ``PART=passes``: the
+equal network's float32 whole pass vs its windows on one real crop (network time only).
+``PART=compile``: one window, eager vs ``torch.compile``, float32 and bfloat16.
+
+``make bench BENCH=vs_nnunet``; ``PART`` (comma-separated) picks parts; default speed and
+accuracy.
 nnU-Net (``nnunetv2``) must be installed for the speed half; without it that half is skipped.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -36,10 +43,12 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import nibabel as nib
 import numpy as np
 import torch
+from monai.inferers import SlidingWindowInferer
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "brats_mri_segmentation"
@@ -429,14 +438,209 @@ def _accuracy() -> str:
     return "\n".join(lines)
 
 
+def _window_seconds(network: Any, x: torch.Tensor, dtype: torch.dtype | None) -> float:
+    """Seconds of one forward pass of ``network`` over ``x`` under autocast to ``dtype``."""
+    start = time.perf_counter()
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        network(x)
+    return time.perf_counter() - start
+
+
+def _compile() -> str:
+    """One window of the equal network, eager vs ``torch.compile``, float32 and bfloat16."""
+    from tumorseg.networks import cpu_bf16_supported
+
+    dtypes: dict[str, torch.dtype | None] = {"fp32": None}
+    if cpu_bf16_supported():
+        dtypes["bf16"] = torch.bfloat16
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, *ROI)
+    lines = [
+        "## torch.compile of one window of the equal network (`bench_vs_nnunet`, PART=compile)",
+        "",
+        f"CPU, {torch.get_num_threads()} threads, window {'x'.join(map(str, ROI))}, "
+        "batch 1; per precision in one process: eager (warm-up, then timed), then "
+        "`torch.compile` (first call = compile + run, then timed).",
+        "",
+        "| precision | eager s | compiled s | ratio compiled / eager | first compiled call s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, dtype in dtypes.items():
+        eager = _dynunet()
+        _window_seconds(eager, x, dtype)
+        eager_s = _window_seconds(eager, x, dtype)
+        compiled = torch.compile(_dynunet())
+        first_s = _window_seconds(compiled, x, dtype)
+        compiled_s = _window_seconds(compiled, x, dtype)
+        lines.append(
+            f"| {name} | {eager_s:.2f} | {compiled_s:.2f} | {compiled_s / eager_s:.2f} "
+            f"| {first_s:.1f} |"
+        )
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
+def _passes() -> str:
+    """The equal network on one real brain crop: one float32 window vs one float32 whole pass.
+
+    The windowed figure is one window's seconds times the number of windows :func:`window_starts`
+    places on the crop (blending costs next to nothing beside the network).
+    """
+    from tumorseg.inference import Predictor, TiledInferer
+    from tumorseg.inference.tiling import window_starts
+
+    if not STUDY_DIR.is_dir():
+        return f"## network passes\n\nskipped: {STUDY_DIR} is absent\n"
+    network = _dynunet()
+    predictor = Predictor.from_bundle(
+        BUNDLE, overrides=equal_overrides(), device="cpu", network=network
+    )
+    image = predictor.load_case(REAL_STUDIES["TCGA-DU-7294"]).data[predictor.image_key]
+    x = torch.as_tensor(image).as_subclass(torch.Tensor)[None]
+    padded = [max(s, r) for s, r in zip(x.shape[2:], ROI, strict=True)]
+    count = len(window_starts(padded, ROI, 0.5))
+    window_s = _window_seconds(network, x[..., : ROI[0], : ROI[1], : ROI[2]], None)
+    print(f"  one fp32 window: {window_s:.1f} s ({count} windows)", flush=True)
+    start = time.perf_counter()
+    with torch.no_grad():
+        TiledInferer(ROI, 1, 0.5, tiling="whole", precision="fp32")(x, network)
+    whole_s = time.perf_counter() - start
+    print(f"  fp32 whole: {whole_s:.1f} s", flush=True)
+    lines = [
+        "## the equal network on one real crop, float32 (`bench_vs_nnunet`, PART=passes)",
+        "",
+        f"TCGA-DU-7294 brain crop {'x'.join(map(str, x.shape[2:]))}, CPU, "
+        f"{torch.get_num_threads()} threads, random weights, in one process (network only).",
+        "",
+        "| arm | network s | ratio to fp32 windows |",
+        "|---|---|---|",
+        f"| fp32 windows ({count} x one window of {window_s:.1f} s) | {count * window_s:.1f} "
+        "| 1.00 |",
+        f"| fp32 whole (one pass) | {whole_s:.1f} | {whole_s / (count * window_s):.2f} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+#: The real-study block of PART=decompose: brain crop of TCGA-DU-7294, this size, centred on
+#: its reference tumour (every variant sees the same voxels; windows of 32 at overlap 0.5 land
+#: differently in MONAI's and the evenly spread placement along all three axes).
+DECOMPOSE_BLOCK = (56, 72, 56)
+
+
+def _even_axis_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """The window placement ``TiledInferer`` used before: the same count, spread evenly."""
+    if size == roi:
+        return [0]
+    count = math.ceil((size - roi) / (roi * (1.0 - overlap)) - 1e-9) + 1
+    return [round(i * (size - roi) / (count - 1)) for i in range(count)]
+
+
+class _MonaiBf16(SlidingWindowInferer):
+    """MONAI's inferer under CPU bfloat16 autocast: precision alone, at the reference's windows."""
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return super().__call__(inputs, network).float()
+
+
+def _decompose() -> str:
+    """Where the fast settings' masks part from the reference on a real study: precision
+    (bf16 vs fp32 at identical windows) and tiling (window placement, whole pass) apart."""
+    from tumorseg.inference import Predictor, TiledInferer
+    from tumorseg.inference import tiling as tiling_module
+    from tumorseg.metrics.regions import dice
+
+    model = Path(os.environ.get("MODEL", REPO / "demo" / "models" / "model.pt"))
+    files = REAL_STUDIES["TCGA-DU-7294"]
+    seg = STUDY_DIR / "TCGA-DU-7294" / "TCGA-DU-7294_seg.nii.gz"
+    if not model.is_file() or not seg.is_file():
+        return f"## decomposition\n\nskipped: no model {model} or no {seg}\n"
+    small = {"filters": [8, 16, 32, 64, 128], "roi_size": [32, 32, 32]}
+    predictor = Predictor.from_bundle(BUNDLE, checkpoint=model, device="cpu", overrides=small)
+    data = predictor.preprocessing({"image": [str(f) for f in files], "label": str(seg)})
+    full = torch.as_tensor(data["image"]).as_subclass(torch.Tensor)[None]
+    tumour = torch.as_tensor(data["label"])[0] > 0
+    centre = tumour.nonzero().float().mean(0).round().long().tolist()
+    lo = [
+        min(max(c - b // 2, 0), n - b)
+        for c, b, n in zip(centre, DECOMPOSE_BLOCK, full.shape[2:], strict=True)
+    ]
+    block = tuple(slice(a, a + b) for a, b in zip(lo, DECOMPOSE_BLOCK, strict=True))
+    x = full[(..., *block)].contiguous()
+    roi = small["roi_size"]
+    even = TiledInferer(roi, 4, 0.5, tiling="windows", precision="fp32")
+    even_bf16 = TiledInferer(roi, 4, 0.5, tiling="windows", precision="bf16")
+    inferers: dict[str, Any] = {
+        "reference: MONAI fp32": SlidingWindowInferer(roi, 4, 0.5, mode="gaussian"),
+        "MONAI windows bf16": _MonaiBf16(roi, 4, 0.5, mode="gaussian"),
+        "even windows fp32 (before)": even,
+        "even windows bf16 (before: the defaults)": even_bf16,
+        "TiledInferer windows fp32 (now)": TiledInferer(roi, 4, 0.5, tiling="windows"),
+        "TiledInferer windows bf16 (now: the defaults)": TiledInferer(
+            roi, 4, 0.5, tiling="windows", precision="bf16"
+        ),
+        "whole block fp32": TiledInferer(roi, 4, 0.5, tiling="whole", precision="fp32"),
+        "whole block bf16": TiledInferer(roi, 4, 0.5, tiling="whole", precision="bf16"),
+    }
+    logits: dict[str, torch.Tensor] = {}
+    for name, inferer in inferers.items():
+        start = time.perf_counter()
+        placement = _even_axis_starts if inferer in (even, even_bf16) else tiling_module.axis_starts
+        with torch.no_grad(), mock.patch.object(tiling_module, "axis_starts", placement):
+            logits[name] = inferer(x, predictor.network).float()[0]
+        print(f"  {name}: {time.perf_counter() - start:.1f} s", flush=True)
+
+    def row(a: str, b: str, what: str) -> str:
+        ma, mb = logits[a] > 0, logits[b] > 0  # sigmoid > 0.5
+        cells = " / ".join(f"{dice(ma[c].numpy(), mb[c].numpy()):.4f}" for c in range(3))
+        diff = (logits[a] - logits[b]).abs()
+        return f"| {b} vs {a} | {what} | {cells} | {diff.mean():.4f} / {diff.max():.3f} |"
+
+    ref = "reference: MONAI fp32"
+    near = (logits[ref].abs() < 0.1).float().mean(dim=(1, 2, 3))
+    positive = (logits[ref] > 0).float().sum(dim=(1, 2, 3))
+    lines = [
+        "## fast settings vs reference, decomposed (`bench_vs_nnunet`, PART=decompose)",
+        "",
+        f"Model {model} (synthetic training); TCGA-DU-7294 brain crop "
+        f"{'x'.join(map(str, full.shape[2:]))} (the pipeline's preprocessing), block "
+        f"{'x'.join(map(str, DECOMPOSE_BLOCK))} at {lo} around its reference tumour; windows "
+        f"32^3, overlap 0.5, Gaussian; {torch.get_num_threads()} thread(s). Masks: region "
+        "logit > 0 (probability > 0.5). Reference voxels per region WT / TC / ET: "
+        + " / ".join(f"{int(v)}" for v in positive)
+        + "; share of block voxels with |reference logit| < 0.1: "
+        + " / ".join(f"{float(v):.4f}" for v in near)
+        + ".",
+        "",
+        "| pair | what differs | mask Dice WT / TC / ET | mean / max abs logit difference |",
+        "|---|---|---|---|",
+        row(ref, "MONAI windows bf16", "precision alone"),
+        row(ref, "even windows fp32 (before)", "window placement alone"),
+        row("even windows fp32 (before)", "even windows bf16 (before: the defaults)", "precision"),
+        row(ref, "even windows bf16 (before: the defaults)", "both (the defaults before)"),
+        row(ref, "TiledInferer windows fp32 (now)", "nothing (same windows, fp32)"),
+        row(ref, "TiledInferer windows bf16 (now: the defaults)", "precision (the defaults now)"),
+        row(ref, "whole block fp32", "whole pass alone (instance norm over the block)"),
+        row("whole block fp32", "whole block bf16", "precision in a whole pass"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def run() -> str:
-    """Run the parts asked for (``PART``: speed, accuracy, default both); markdown sections."""
-    part = os.environ.get("PART", "")
+    """Run the parts in ``PART`` (comma-separated: speed, accuracy, decompose, passes,
+    compile; default speed and accuracy); markdown sections."""
+    parts = set(os.environ.get("PART", "speed,accuracy").split(","))
     sections = []
-    if part in ("", "accuracy"):
+    if "accuracy" in parts:
         sections.append(_accuracy())
-    if part in ("", "speed"):
+    if "speed" in parts:
         sections.append(_speed())
+    if "passes" in parts:
+        sections.append(_passes())
+    if "decompose" in parts:
+        sections.append(_decompose())
+    if "compile" in parts:
+        sections.append(_compile())
     return "\n".join(sections)
 
 

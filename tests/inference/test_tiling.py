@@ -1,15 +1,18 @@
-"""Window placement and the tiled inferer: the fewest windows for an overlap, the same result
-as MONAI's inferer where the windows coincide, whole-crop passes padded to the network's
-downsampling and cropped back, and bad settings refused naming the value."""
+"""Window placement and the tiled inferer: the fewest windows for an overlap, placed where
+MONAI's inferer places them (the same result on any crop), whole-crop passes padded to the
+network's downsampling and cropped back, and bad settings refused naming the value."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
 import pytest
 import torch
+from monai.data.utils import dense_patch_slices
 from monai.inferers import SlidingWindowInferer
+from monai.inferers.utils import _get_scan_interval
 from monai.networks.nets import DynUNet
 
 from tumorseg.inference.tiling import (
@@ -36,16 +39,21 @@ def test_fewest_windows_that_cover_with_the_overlap(size: int, roi: int, overlap
     starts = axis_starts(size, roi, overlap)
     assert starts[0] == 0 and starts[-1] + roi == size
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    assert all(g <= roi * (1 - overlap) + 0.5 for g in gaps)  # overlap kept (rounding aside)
-    assert max(gaps, default=0) - min(gaps, default=0) <= 1  # evenly spread
+    assert all(0 < g <= roi * (1 - overlap) for g in gaps)  # the overlap is kept
     # one window fewer cannot keep the overlap
-    fewer = len(starts) - 1
-    assert (
-        fewer == 0
-        or (size - roi) / max(fewer - 1, 1e-9) > roi * (1 - overlap)
-        or fewer == 1
-        and size > roi
-    )
+    assert len(starts) == 1 or (len(starts) - 2) * roi * (1 - overlap) < size - roi
+
+
+def test_windows_are_placed_exactly_where_monai_places_them() -> None:
+    # Evenly spread windows normalised other voxels than the reference's and moved a
+    # synthetic-trained model's masks on a real study to Dice 0.76-0.93 (docs/benchmarks.md).
+    for size, roi, overlap in itertools.product(range(8, 60, 3), (4, 8, 32), (0.0, 0.25, 0.5, 0.6)):
+        if roi > size:
+            continue
+        interval = _get_scan_interval((size,), (roi,), 1, (overlap,))
+        monai = [s[0].start for s in dense_patch_slices((size,), (roi,), interval)]
+        assert axis_starts(size, roi, overlap) == monai, (size, roi, overlap)
+    assert axis_starts(129, 32, 0.5) == [0, 16, 32, 48, 64, 80, 96, 97]
 
 
 def test_the_brats_crop_needs_two_windows_per_axis_and_the_grid_is_their_product() -> None:
@@ -83,13 +91,14 @@ def test_size_multiple_reads_dynunet_strides_else_32() -> None:
     assert padded_size((129, 162, 131), (16, 32, 32)) == (144, 192, 160)
 
 
-def test_windows_match_monai_where_the_windows_coincide() -> None:
-    net, x = _dynunet(), torch.randn(1, 2, 16, 12, 8)
+def test_windows_match_monai_on_any_crop() -> None:
+    # 19 = 4 windows of 8 at stride 4, the last moved back to 11 (evenly spread: 0, 4, 7, 11)
+    net, x = _dynunet(), torch.randn(1, 2, 19, 12, 8)
     kw = {"roi_size": (8, 8, 4), "sw_batch_size": 3, "overlap": 0.5, "mode": "gaussian"}
     with torch.no_grad():
         ref = SlidingWindowInferer(**kw)(x, net)
         ours = TiledInferer(**kw, tiling="windows", precision="fp32")(x, net)
-    assert ours.dtype == torch.float32 and ours.shape == ref.shape == (1, 3, 16, 12, 8)
+    assert ours.dtype == torch.float32 and ours.shape == ref.shape == (1, 3, 19, 12, 8)
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
