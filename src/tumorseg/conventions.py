@@ -61,6 +61,7 @@ __all__ = [
     "check_regions",
     "convert_labels",
     "get_convention",
+    "region_output_conventions",
     "get_layout",
 ]
 
@@ -275,6 +276,11 @@ def check_regions(
                     f"regions"
                 )
     return names
+
+
+def region_output_conventions() -> tuple[str, ...]:
+    """Conventions a region network's output can be written in: those with NCR, ED and ET."""
+    return tuple(n for n, c in CONVENTIONS.items() if set(CLASSES) <= set(c.classes))
 
 
 def convert_labels(

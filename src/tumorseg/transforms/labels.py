@@ -27,6 +27,7 @@ from tumorseg.conventions import (
     LabelConvention,
     check_regions,
     get_convention,
+    region_output_conventions,
 )
 
 __all__ = [
@@ -127,9 +128,15 @@ def regions_to_labels(
         ``(*spatial)`` uint8 label map of the input's array type.
 
     Raises:
-        ValueError: when the number of channels does not match ``names``.
+        ValueError: when the number of channels does not match ``region_names``, or for a
+            convention without NCR, ED and ET (``brats2024menrt``).
     """
     conv = get_convention(convention)
+    if conv.name not in region_output_conventions():
+        raise ValueError(
+            f"region channels cannot be written in label convention {conv.name!r} (classes "
+            f"{sorted(conv.classes)}); choose one of {list(region_output_conventions())}"
+        )
     four = region_names is None and regions.shape[0] == len(REGIONS) + 1
     channels = check_regions((*REGIONS, "RC") if four else region_names)
     if regions.shape[0] != len(channels):
