@@ -122,7 +122,7 @@ def regions_to_labels(
         convention: label convention name or object.
         threshold: when given, ``regions > threshold`` is applied first (for probabilities).
         region_names: the channels (:func:`~tumorseg.conventions.check_regions`); default
-            ``WT, TC, ET``, then ``RC`` when there are four.
+            ``WT, TC, ET``, and ``WT, TC, ET, RC`` when there are four.
 
     Returns:
         ``(*spatial)`` uint8 label map of the input's array type.
@@ -137,8 +137,10 @@ def regions_to_labels(
             f"region channels cannot be written in label convention {conv.name!r} (classes "
             f"{sorted(conv.classes)}); choose one of {list(region_output_conventions())}"
         )
-    four = region_names is None and regions.shape[0] == len(REGIONS) + 1
-    channels = check_regions((*REGIONS, "RC") if four else region_names)
+    every = (*REGIONS, *OPTIONAL_REGIONS)
+    channels = check_regions(
+        every if region_names is None and regions.shape[0] == len(every) else region_names
+    )
     if regions.shape[0] != len(channels):
         raise ValueError(
             f"expected {len(channels)} region channels {channels}, got shape {tuple(regions.shape)}"
