@@ -17,6 +17,7 @@ from monai.bundle import ConfigParser  # noqa: E402
 from monai.data import MetaTensor  # noqa: E402
 
 from tumorseg.losses import RegionDiceBCELoss  # noqa: E402
+from tumorseg.transforms import labels_to_regions  # noqa: E402
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 REGION_BUNDLES = {
@@ -112,3 +113,28 @@ def test_bad_settings_are_refused(kwargs: dict, match: str) -> None:
 def test_shape_mismatch_is_refused() -> None:
     with pytest.raises(ValueError, match="one shape"):
         RegionDiceBCELoss()(torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4))
+
+
+def test_a_cavity_channel_outside_the_tumour_is_learned_like_the_others() -> None:
+    # Four channels (WT, TC, ET, RC from brats2024 labels): RC lies outside WT, so its
+    # target is not nested; its loss falls when the RC logit agrees, and a wrong RC channel
+    # gets the gradient that corrects it.
+    label = torch.zeros(1, 8, 8, 8, dtype=torch.uint8)
+    label[0, 1:4, 1:4, 1:4] = 2
+    label[0, 2, 2, 2] = 3
+    label[0, 5:7, 5:7, 5:7] = 4
+    target = labels_to_regions(label[0], "brats2024", regions=["WT", "TC", "ET", "RC"])[None]
+    assert target.shape == (1, 4, 8, 8, 8)
+    assert not (target[:, 0] * target[:, 3]).any()  # the cavity is in no tumour region
+    right = torch.where(target > 0, 8.0, -8.0)
+    wrong_rc = right.clone()
+    wrong_rc[:, 3] = -right[:, 3]
+    loss_fn = RegionDiceBCELoss()
+    assert float(loss_fn(right, target)) < 0.1  # the one-voxel ET's soft Dice is ~0.92
+    assert float(loss_fn(wrong_rc, target)) > 1.0
+    logits = wrong_rc.clone().requires_grad_(True)
+    loss_fn(logits, target).backward()
+    assert logits.grad is not None
+    rc_grad = logits.grad[:, 3]
+    assert (rc_grad * (2 * target[:, 3] - 1) < 0).all()  # descent moves every RC voxel right
+    assert float(rc_grad.abs().sum()) > 5 * float(logits.grad[:, :3].abs().sum())

@@ -154,17 +154,24 @@ class CheckpointMeta:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
-    def config_values(self) -> dict[str, Any]:
+    def config_values(self, *, outputs: bool = False) -> dict[str, Any]:
         """Bundle config ids -> values an inference or fine-tuning takes from this file.
 
         The network itself (``network_name``) is chosen by a network config file, not a
         value: see :func:`network_config_file`.
+
+        Args:
+            outputs: also the output channels (``regions``): an inference must read the
+                weights' channels as they were trained (a fourth one is the resection cavity);
+                a fine-tuning may train other channels on its own labels.
         """
         values: dict[str, Any] = dict(self.network_settings)
         if self.pixdim is not None:
             values["pixdim"] = list(self.pixdim)
         if self.roi_size is not None:
             values["roi_size"] = list(self.roi_size)
+        if outputs and self.regions:
+            values["regions"] = list(self.regions)
         return values
 
     def summary(self) -> str:
@@ -240,6 +247,7 @@ def resolve_settings(
     *,
     checkpoint: str | os.PathLike[str] = "checkpoint",
     allowed: frozenset[str] = WINDOW_IDS,
+    outputs: bool = False,
 ) -> dict[str, Any]:
     """The config values to take from ``meta``, given what the user asked for explicitly.
 
@@ -248,6 +256,7 @@ def resolve_settings(
         requested: config ids the user set explicitly (overrides, options) -> their values.
         checkpoint: the file, named in an error.
         allowed: ids a user may set differently (:data:`WINDOW_IDS`): the user's value wins.
+        outputs: include the output channels (see :meth:`CheckpointMeta.config_values`).
 
     Returns:
         The ids of :meth:`CheckpointMeta.config_values` the user did not set.
@@ -256,7 +265,7 @@ def resolve_settings(
         ValueError: a requested value that contradicts the checkpoint, naming both values
             (the weights would not fit, or would see other inputs than they were trained on).
     """
-    values = meta.config_values()
+    values = meta.config_values(outputs=outputs)
     conflicts = [
         f"{key}={_text(requested[key])} (the checkpoint has {key}={_text(value)})"
         for key, value in values.items()

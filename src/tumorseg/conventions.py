@@ -23,7 +23,10 @@ cavity, **not** enhancing tumour as in ``brats2021``), ``brats2024ped`` the BraT
 paediatric task and ``brats2024menrt`` the meningioma radiotherapy task (1 GTV).
 Training is region based: whole tumour ``WT = NCR+ED+ET``, tumour core ``TC = NCR+ET`` and
 ``ET``, as sigmoid channels in that order; the resection cavity is part of no region, and the
-paediatric cystic component is part of TC and WT.
+paediatric cystic component is part of TC and WT. Where the labels have a resection cavity
+(``brats2024``) a network may predict it as a fourth channel ``RC`` after the three
+(:data:`OPTIONAL_REGIONS`, :func:`check_regions`); it is its own channel, not a tumour region,
+so the conversion rule below still drops it on the way to an older convention.
 
 :func:`convert_labels` moves a label map between conventions by class name. A class the target
 lacks becomes background when it belongs to no region (the resection cavity going to
@@ -37,6 +40,7 @@ The manifest fixes one channel order for the four modalities, :data:`CHANNEL_ORD
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,8 +57,11 @@ __all__ = [
     "REGION_CLASSES",
     "FileLayout",
     "LabelConvention",
+    "OPTIONAL_REGIONS",
+    "check_regions",
     "convert_labels",
     "get_convention",
+    "region_output_conventions",
     "get_layout",
 ]
 
@@ -89,6 +96,12 @@ REGION_CLASSES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: Channels a network may predict after :data:`REGIONS` where the labels have the class: the
+#: resection cavity of ``brats2024``. Each is the class of its name only and belongs to no tumour
+#: region (so it is not in :data:`REGION_CLASSES`, and :func:`convert_labels` may drop it).
+OPTIONAL_REGIONS: dict[str, tuple[str, ...]] = {"RC": ("RC",)}
+
+
 @dataclass(frozen=True)
 class LabelConvention:
     """Integer values of the tumour classes in one dataset family.
@@ -112,22 +125,23 @@ class LabelConvention:
         return frozenset({0, *self.classes.values()})
 
     def region_values(self, region: str) -> tuple[int, ...]:
-        """Integer labels that make up ``region`` (``WT``, ``TC`` or ``ET``).
+        """Integer labels that make up ``region`` (``WT``, ``TC``, ``ET``, or ``RC``).
 
         Raises:
             ValueError: for a region the convention does not define, or one none of whose
-                classes it has (``brats2024menrt`` has only a GTV).
+                classes it has (``brats2024menrt`` has only a GTV, ``brats2021`` no RC).
         """
-        if region not in self.regions:
+        members = self.regions.get(region, OPTIONAL_REGIONS.get(region))
+        if members is None:
             raise ValueError(
                 f"unknown region {region!r} in convention {self.name!r}; expected one of "
-                f"{list(self.regions)}"
+                f"{[*self.regions, *OPTIONAL_REGIONS]}"
             )
-        values = tuple(self.classes[c] for c in self.regions[region] if c in self.classes)
+        values = tuple(self.classes[c] for c in members if c in self.classes)
         if not values:
             raise ValueError(
                 f"convention {self.name!r} has none of the classes of region {region!r} "
-                f"({', '.join(self.regions[region])}); its classes are {sorted(self.classes)}"
+                f"({', '.join(members)}); its classes are {sorted(self.classes)}"
             )
         return values
 
@@ -207,6 +221,66 @@ def get_convention(name: str | LabelConvention) -> LabelConvention:
         valid = sorted([*CONVENTIONS, *_CONVENTION_ALIASES])
         raise ValueError(f"unknown label convention {name!r}; expected one of {valid}")
     return CONVENTIONS[key]
+
+
+def check_regions(
+    regions: Sequence[str] | str | None = None,
+    convention: str | LabelConvention | None = None,
+) -> tuple[str, ...]:
+    """The output channels of a region network, checked: ``WT, TC, ET`` and optionally ``RC``.
+
+    The three tumour regions come first, in :data:`REGIONS` order (label maps are rebuilt from
+    them by position), then any of :data:`OPTIONAL_REGIONS`. With ``convention``, each optional
+    channel must be a class of it: an ``RC`` channel trained on labels without a resection
+    cavity would be empty.
+
+    Args:
+        regions: channel names (case-insensitive), e.g. ``["WT", "TC", "ET", "RC"]``, or one
+            comma-separated string; None gives :data:`REGIONS`.
+        convention: the label convention the channels are made from, when known.
+
+    Returns:
+        The names, upper case, as a tuple.
+
+    Raises:
+        ValueError: naming the value received, for channels other than the above, and for an
+            optional channel the convention has no class for (the conventions that have it are
+            named).
+    """
+    if regions is None:
+        return REGIONS
+    items = regions.split(",") if isinstance(regions, str) else list(regions)
+    names = tuple(str(r).strip().upper() for r in items)
+    extra = names[len(REGIONS) :]
+    if (
+        names[: len(REGIONS)] != REGIONS
+        or any(r not in OPTIONAL_REGIONS for r in extra)
+        or len(set(extra)) != len(extra)
+    ):
+        raise ValueError(
+            f"regions {list(items)!r} are not region channels a network can predict; expected "
+            f"{list(REGIONS)} followed by any of {list(OPTIONAL_REGIONS)}, e.g. "
+            f"{[*REGIONS, *OPTIONAL_REGIONS]}"
+        )
+    if convention is not None:
+        conv = get_convention(convention)
+        for region in extra:
+            lacking = [c for c in OPTIONAL_REGIONS[region] if c not in conv.classes]
+            if lacking:
+                needed = set(OPTIONAL_REGIONS[region])
+                having = [n for n, c in CONVENTIONS.items() if needed <= set(c.classes)]
+                raise ValueError(
+                    f"region {region} needs label class(es) {lacking}, which label convention "
+                    f"{conv.name!r} does not have (its classes: {sorted(conv.classes)}); train "
+                    f"{region} on labels in {having} (--label_convention) or leave it out of "
+                    f"regions"
+                )
+    return names
+
+
+def region_output_conventions() -> tuple[str, ...]:
+    """Conventions a region network's output can be written in: those with NCR, ED and ET."""
+    return tuple(n for n, c in CONVENTIONS.items() if set(CLASSES) <= set(c.classes))
 
 
 def convert_labels(

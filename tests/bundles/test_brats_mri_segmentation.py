@@ -16,14 +16,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
 
 from _bundle_utils import CONFIGS, TINY, bundle_cmd, run_ok
+from tumorseg.checkpoint_meta import META_KEY
+from tumorseg.cli import main
+from tumorseg.config_errors import format_config_error
 from tumorseg.data.synthetic import generate_dataset
 from tumorseg.training import load_checkpoint
+from tumorseg.transforms import regions_to_labels
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +223,105 @@ def test_finetune_checkpoints_go_apart_from_a_trainings() -> None:
     parser["bundle_root"] = "B"
     assert train_dir == "B/models"
     assert parser.get_parsed_content("ckpt_dir") == "B/models/finetune"
+
+
+# -- the resection cavity as a fourth region (issue 16) -------------------------------------
+
+RC4 = ["WT", "TC", "ET", "RC"]
+
+
+@pytest.fixture(scope="module")
+def rc_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Post-operative cases: BraTS 2023 file names, brats2024 labels with a cavity (label 4)."""
+    root = tmp_path_factory.mktemp("rc_data")
+    generate_dataset(
+        root,
+        num_cases=6,
+        shape=(32, 32, 32),
+        seed=7,
+        layout="brats2023",
+        label_convention="brats2024",
+        resection_cavity=True,
+    )
+    return root
+
+
+def _rc_parser(dataset: Path, **more: Any) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.read_meta(str(CONFIGS / "metadata.json"))
+    parser.update(
+        {
+            **TINY,
+            "dataset_dir": str(dataset),
+            "device": "cpu",
+            "regions": RC4,
+            "label_convention": "brats2024",
+            **more,
+        }
+    )
+    return parser
+
+
+def test_one_regions_id_sets_network_labels_metrics_and_checkpoint(rc_dataset: Path) -> None:
+    parser = _rc_parser(rc_dataset)
+    assert parser.get_parsed_content("initialize")[0] is True  # brats2024 has a cavity
+    network = parser.get_parsed_content("network_def")
+    assert network(torch.zeros(1, 4, 32, 32, 32)).shape == (1, 4, 32, 32, 32)
+    item = parser.get_parsed_content("data").files("val")[0]
+    regions = parser.get_parsed_content("validate#preprocessing")(item)["label"]
+    assert regions.shape[0] == 4
+    assert float(regions[3].sum()) > 0  # the cavity of this case
+    assert float((regions[3] * regions[0]).sum()) == 0  # and no part of the whole tumour
+    metrics = parser.get_parsed_content("validation_metrics")
+    assert metrics.key_name == "val_mean_dice" and "val_dice_rc" in metrics.reported
+    meta = parser.get_parsed_content("checkpoint_meta")
+    assert meta.regions == RC4 and meta.label_convention == "brats2024"
+
+
+def test_a_cavity_channel_is_refused_for_labels_without_one(dataset: Path) -> None:
+    parser = _rc_parser(dataset, label_convention="")  # the brats2023 layout's own labels
+    with pytest.raises(RuntimeError) as err:
+        parser.get_parsed_content("initialize")
+    message = format_config_error(err.value) or ""
+    first = message.splitlines()[0]
+    assert "region RC" in first and "'brats2023'" in first and "['brats2024']" in first
+
+
+@pytest.mark.slow
+def test_training_with_the_cavity_and_inferring_it(rc_dataset: Path, tmp_path: Path) -> None:
+    """One epoch on cavity labels: four outputs, an RC Dice in validation, and inference from
+    the checkpoint alone (its description says RC) writes label 4."""
+    overrides = _overrides(rc_dataset, tmp_path, epochs=1, log_mlflow=False, cache_rate=0.0)
+    overrides.update(
+        {"filters": [8, 16, 32, 64, 128], "regions": RC4, "label_convention": "brats2024"}
+    )
+    out = run_ok(_cli("training", ["train.json"], overrides), tmp_path, timeout=1800)
+    assert "val_dice_rc:" in out.stdout + out.stderr
+    best = load_checkpoint(tmp_path / "models" / "model.pt")
+    assert best[META_KEY]["regions"] == RC4
+    assert best["network"]["output_block.conv.conv.weight"].shape[0] == 4
+
+    # The weights as trained: the mask is what their probabilities say (tumour wins over RC),
+    # compared where the stored float16 probabilities are clearly on one side of 0.5.
+    args = ["infer", "--bundle", str(CONFIGS.parent), "--input", str(rc_dataset)]
+    args += ["--label-convention", "brats2024", "--device", "cpu", "--no-progress"]
+    trained_args = ["--checkpoint", str(tmp_path / "models" / "model.pt")]
+    trained_args += ["--output", str(tmp_path / "a"), "--save-probabilities"]
+    assert main([*args, *trained_args]) == 0
+    for npz in sorted((tmp_path / "a" / "probabilities").glob("*.npz"))[:2]:
+        with np.load(npz) as saved:
+            assert saved["regions"].tolist() == RC4
+            probabilities = saved["probabilities"].astype(np.float32)
+        expected = regions_to_labels(probabilities > 0.5, "brats2024")
+        clear = (np.abs(probabilities - 0.5) > 2e-3).all(axis=0)
+        written = np.asarray(nib.load(tmp_path / "a" / f"{npz.stem}.nii.gz").dataobj)
+        assert clear.any() and np.array_equal(written[clear], expected[clear])
+    # The same weights, cavity logit +20 and tumour logits -20: label 4 over the brain box.
+    best["network"]["output_block.conv.conv.bias"] += torch.tensor([0.0, 0.0, 0.0, 20.0])
+    best["network"]["output_block.conv.conv.bias"][:3] -= 20.0
+    shifted = tmp_path / "shifted.pt"
+    torch.save(best, shifted)
+    assert main([*args, "--checkpoint", str(shifted), "--output", str(tmp_path / "b")]) == 0
+    label = np.asarray(nib.load(sorted((tmp_path / "b").glob("*.nii.gz"))[0]).dataobj)
+    assert np.count_nonzero(label == 4) > label.size // 4

@@ -78,6 +78,8 @@ SHARED_TRAIN_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
     ),
     # The two BraTS bundles also share the data source, loss, schedule and validation.
     (MRI, SLICE): (
+        "challenge",
+        "challenge_key",
         "data",
         "epochs",
         "experiment_name",
@@ -86,10 +88,12 @@ SHARED_TRAIN_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
         "learning_rate",
         "loss",
         "preprocessing_transforms",
+        "regions",
         "train#inferer",
         "validate#dataloader",
         "validate#evaluator",
         "validate#postprocessing",
+        "validation_metrics",
     ),
 }
 

@@ -107,6 +107,26 @@ def test_tumour_classes_are_nested(seed):
     assert set(np.unique(components[core])) == set(range(1, count + 1))
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_resection_cavity_is_fluid_beside_the_residual_tumour(seed):
+    images, label = make_phantom(
+        SHAPE, seed=seed, label_convention="brats2024", resection_cavity=True
+    )
+    cavity = label == 4
+    assert cavity.sum() > 50
+    assert (label[ndimage.binary_dilation(cavity, CROSS)] % 4 != 0).any()  # touches tumour
+    assert (label == 3).any() and (label == 2).any()  # residual tumour and edema remain
+    flair, t2 = images[0], images[3]
+    edema = label == 2
+    assert np.median(flair[cavity]) < np.median(flair[edema])  # fluid: dark on FLAIR
+    assert np.median(t2[cavity]) > np.median(t2[edema])  # and bright on T2
+    # The cavity is carved into the study the same seed gives without it.
+    plain_label = phantom(seed, "brats2024")[1]
+    assert not (plain_label == 4).any()
+    assert np.array_equal(label[~cavity], plain_label[~cavity])
+    assert (plain_label[cavity] != 0).any()  # it took part of the tumour
+
+
 @pytest.mark.parametrize("seed", SEEDS[:3])
 def test_sequences_show_the_tumour_contrasts(seed):
     images, label = phantom(seed)
@@ -429,6 +449,7 @@ def test_write_case_returns_paths_and_checks_inputs(tmp_path):
         ({"case_prefix": "a/b"}, "'a/b'"),
         ({"tumour_scale": 0}, "tumour_scale .* got 0"),
         ({"contrast": {"t1ce": {"XX": 1.0}}}, "unknown tissue 'XX'"),
+        ({"resection_cavity": True}, "resection_cavity .*'brats2024'.* got .*'brats2021'"),
     ],
 )
 def test_generate_dataset_rejects_bad_arguments(tmp_path, kwargs, shown):
@@ -463,6 +484,7 @@ def test_cli_writes_the_requested_cases(tmp_path, capsys):
         (["--size", "8"], "(8, 8, 8)"),
         (["--layout", "nope"], "'nope'"),
         (["--num-cases", "0"], "num_cases"),
+        (["--resection-cavity"], "label_convention='brats2021'"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, capsys, extra, shown):

@@ -147,8 +147,7 @@ def _bundle_key_metric(bundle: str):
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLES / bundle / "configs" / "train.json"))
-    (name,) = parser["validate"]["evaluator"]["key_val_metric"]
-    metric = parser.get_parsed_content(f"validate#evaluator#key_val_metric#{name}")
+    (name, metric), *_ = parser.get_parsed_content("validate#evaluator#key_val_metric").items()
     engine = ignite_engine.Engine(lambda eng, batch: batch)
     metric.attach(engine, name)
     return engine, name, from_engine

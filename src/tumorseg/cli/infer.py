@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = ["register", "run"]
 
-from tumorseg.conventions import DEFAULT_BUNDLE
+from tumorseg.conventions import DEFAULT_BUNDLE, region_output_conventions
 
 if TYPE_CHECKING:
     from tumorseg.inference.lgg import LGGInferenceReport
@@ -64,8 +64,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-postprocess", action="store_true", help="apply no post-processing rules")
     p.add_argument(
         "--label-convention",
-        choices=["brats2021", "brats2023", "msd"],
-        help="output label numbers (default: the input layout's own; brats2021 for custom naming)",
+        choices=region_output_conventions(),
+        help="output label numbers (default: the input layout's own; brats2021 for custom "
+        "naming); brats2024 writes a resection-cavity channel as label 4 (RC)",
     )
     p.add_argument(
         "--modality-suffixes",

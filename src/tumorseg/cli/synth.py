@@ -68,6 +68,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--num-unlabelled", type=int, default=0, metavar="N", help="extra cases without labels"
     )
     parser.add_argument("--case-prefix", default=None, help="replace the default case-id prefix")
+    parser.add_argument(
+        "--resection-cavity",
+        action="store_true",
+        help="post-operative cases: a resection cavity labelled RC (--label-convention brats2024)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing cases")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -109,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
             oblique_degrees=args.oblique_degrees,
             num_unlabelled=args.num_unlabelled,
             case_prefix=args.case_prefix,
+            resection_cavity=args.resection_cavity,
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )

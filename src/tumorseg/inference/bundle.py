@@ -20,9 +20,10 @@ declares the inference pipeline by MONAI's ids (:data:`monai.bundle.properties.I
 
 :func:`apply_checkpoint_meta` then takes what a self-describing checkpoint
 (:mod:`tumorseg.checkpoint_meta`) says it was trained with: its network (settings such as
-``filters``, and the bundle's ``configs/networks/`` file of its ``network_name``), ``pixdim``
-and ``roi_size``, unless the caller set them explicitly; an explicit value that contradicts
-the checkpoint is refused with both values named.
+``filters``, and the bundle's ``configs/networks/`` file of its ``network_name``), ``pixdim``,
+``roi_size`` and its output ``regions`` (a checkpoint trained with a resection-cavity channel
+then writes RC without further options), unless the caller set them explicitly; an explicit
+value that contradicts the checkpoint is refused with both values named.
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ def apply_checkpoint_meta(
         return None
     chosen = dict(getattr(config, "explicit", {}))
     chosen.update(explicit or {})
-    for key, value in resolve_settings(meta, chosen, checkpoint=path).items():
+    for key, value in resolve_settings(meta, chosen, checkpoint=path, outputs=True).items():
         if key in config:
             config[key] = value
     _match_network(config, meta, path)

@@ -422,7 +422,7 @@ def _save(
             out / PROBABILITIES_DIR / f"{result.case_id}.npz",
             result.probabilities,
             affine=result.affine,
-            regions=REGIONS,
+            regions=result.regions,
         )
     if DICOM_SEG in formats:
         path = out / f"{result.case_id}{DICOM_SEG_SUFFIX}"

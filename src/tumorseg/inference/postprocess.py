@@ -326,9 +326,17 @@ def label_map(
     threshold: float,
     rules: PostprocessRules | None,
     affine: np.ndarray | None,
+    regions: Sequence[str] = REGIONS,
 ) -> np.ndarray:
-    """Probabilities -> label map, with ``rules`` applied to the thresholded regions."""
+    """Probabilities -> label map, with ``rules`` applied to the thresholded regions.
+
+    The rules clean the tumour regions ``WT, TC, ET``; a resection-cavity channel after them
+    (``regions``) is left as it is and written where no tumour is
+    (:func:`tumorseg.transforms.regions_to_labels`).
+    """
     masks = np.asarray(probabilities) > threshold
     if rules is not None and not rules.is_identity:
-        masks = apply_rules(masks, rules, voxel_mm3=voxel_volume_mm3(affine))
-    return np.asarray(regions_to_labels(masks, convention), dtype=np.uint8)
+        tumour = apply_rules(masks[: len(REGIONS)], rules, voxel_mm3=voxel_volume_mm3(affine))
+        masks = np.concatenate([tumour, masks[len(REGIONS) :]])
+    labels = regions_to_labels(masks, convention, region_names=regions)
+    return np.asarray(labels, dtype=np.uint8)

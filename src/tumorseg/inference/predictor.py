@@ -68,7 +68,13 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 
-from tumorseg.conventions import CHANNEL_ORDER, REGIONS, LabelConvention, get_convention
+from tumorseg.conventions import (
+    CHANNEL_ORDER,
+    REGIONS,
+    LabelConvention,
+    check_regions,
+    get_convention,
+)
 from tumorseg.inference.bundle import (
     DATA_FORMATS,
     DEFAULT_CONVENTION,
@@ -195,6 +201,9 @@ class Predictor:
         batch_size: slices per network call (kaggle_3m).
         network_settings: the network's settings, named when a checkpoint does not fit
             (``"filters=[...]"``).
+        regions: the network's output channels (``@regions``: ``WT, TC, ET``, optionally
+            ``RC``, which a label map gets only in a convention with a resection cavity; see
+            :func:`tumorseg.transforms.regions_to_labels`).
 
     Raises:
         FileNotFoundError: no checkpoint at ``checkpoint``.
@@ -218,6 +227,7 @@ class Predictor:
         threshold: float = _THRESHOLD,
         batch_size: int = 16,
         network_settings: str = "",
+        regions: Sequence[str] = REGIONS,
     ) -> None:
         if data_format not in DATA_FORMATS:
             raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
@@ -227,6 +237,7 @@ class Predictor:
         self.tta = bool(tta)
         self.image_key = image_key
         self.threshold = float(threshold)
+        self.regions = check_regions(regions)
         self.batch_size = check_sw_batch_size(batch_size, "batch_size")
         self.preprocessing = preprocessing
         self.inferer: Any = inferer  # a SlidingWindowInferer for NIfTI studies
@@ -468,7 +479,9 @@ class Predictor:
         )
         probabilities = np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
         self._check_geometry(loaded, probabilities.shape[1:], inverted, affine)
-        label = label_map(probabilities, conv, self.threshold, self.postprocess_rules, affine)
+        label = label_map(
+            probabilities, conv, self.threshold, self.postprocess_rules, affine, self.regions
+        )
         done = time.perf_counter()
         timings = {
             **loaded.timings,
@@ -484,6 +497,7 @@ class Predictor:
             header=loaded.header,
             label_convention=conv.name,
             timings=timings,
+            regions=self.regions,
         )
 
     def predict_case(
@@ -513,7 +527,7 @@ class Predictor:
         )
 
     def _probabilities(self, image: Any) -> torch.Tensor:
-        """Sigmoid region probabilities ``(3, *spatial)`` of a preprocessed image, on the CPU."""
+        """Sigmoid region probabilities ``(C, *spatial)`` of a preprocessed image, on the CPU."""
         x = torch.as_tensor(image).as_subclass(torch.Tensor)[None].to(self.device)
         passes = _mirror_axes(self.tta)
         total: torch.Tensor | None = None
@@ -530,10 +544,10 @@ class Predictor:
                 probs = torch.sigmoid(logits.float())
                 total = probs if total is None else total.add_(probs)
         assert total is not None
-        if total.shape[1] != len(REGIONS):
+        if total.shape[1] != len(self.regions):
             raise ValueError(
                 f"the network gives {total.shape[1]} output channels; expected "
-                f"{len(REGIONS)} region logits {REGIONS}"
+                f"{len(self.regions)} region logits {self.regions}"
             )
         if len(passes) > 1:
             total /= len(passes)

@@ -51,13 +51,14 @@ class PredictionResult:
         images: its input files (four in ``CHANNEL_ORDER`` or one 4D file).
         label: ``(X, Y, Z)`` uint8 label map in ``label_convention``, in the voxel order of the
             input files.
-        probabilities: ``(3, X, Y, Z)`` float32 region probabilities (``WT``, ``TC``, ``ET``).
+        probabilities: ``(C, X, Y, Z)`` float32 region probabilities, channels ``regions``.
         affine: voxel-to-world affine of the input (nibabel's, RAS mm).
         header: nibabel header of the first input file (copied into the output), or None
             for non-NIfTI inputs.
         label_convention: the convention of ``label``.
         timings: seconds spent per stage: ``load``, ``preprocess``, ``network``,
             ``postprocess`` (and ``write`` once saved).
+        regions: the channels of ``probabilities`` (``WT``, ``TC``, ``ET``, optionally ``RC``).
     """
 
     case_id: str
@@ -68,6 +69,7 @@ class PredictionResult:
     header: Any | None
     label_convention: str
     timings: dict[str, float] = field(default_factory=dict)
+    regions: tuple[str, ...] = REGIONS
 
     def volumes_ml(self) -> dict[str, float]:
         """Volume of ``WT``, ``TC`` and ``ET`` in mL."""
@@ -94,7 +96,7 @@ class PredictionResult:
                 out / PROBABILITIES_DIR / f"{self.case_id}.npz",
                 self.probabilities,
                 affine=self.affine,
-                regions=REGIONS,
+                regions=self.regions,
             )
         path = write_label_atomic(out / f"{self.case_id}.nii.gz", self.to_nifti())
         self.timings["write"] = time.perf_counter() - start

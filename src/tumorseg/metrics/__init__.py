@@ -62,11 +62,13 @@ Training-time validation
     :class:`RegionMetric` (MONAI ``CumulativeIterationMetric``) and
     :class:`RegionMetricHandler` (ignite) report per-region Dice and HD95 of region channels
     with the same functions, all-gathered across ranks under DDP; :class:`ChallengeMetric`
-    and :class:`ChallengeMetricHandler` report a challenge configuration's own metrics.
+    and :class:`ChallengeMetricHandler` report a challenge configuration's own metrics;
+    :func:`validation_metrics` gives the bundles' evaluator one or the other as key metric.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from tumorseg.metrics.challenge import ChallengeResult, evaluate_challenge
@@ -106,6 +108,7 @@ if TYPE_CHECKING:
         RegionMetric,
         RegionMetricHandler,
     )
+    from tumorseg.metrics.validation import ValidationMetrics, validation_metrics
 
 __all__ = [
     "HD95_EMPTY_MM",
@@ -122,6 +125,7 @@ __all__ = [
     "LesionwiseResult",
     "RegionMetric",
     "RegionMetricHandler",
+    "ValidationMetrics",
     "case_metrics",
     "dice",
     "evaluate_challenge",
@@ -134,16 +138,22 @@ __all__ = [
     "region_metrics",
     "robust_hausdorff",
     "surface_distances",
+    "validation_metrics",
 ]
 
-_LAZY = {"ChallengeMetric", "ChallengeMetricHandler", "RegionMetric", "RegionMetricHandler"}
+_LAZY = {
+    "ChallengeMetric": "handlers",
+    "ChallengeMetricHandler": "handlers",
+    "RegionMetric": "handlers",
+    "RegionMetricHandler": "handlers",
+    "ValidationMetrics": "validation",
+    "validation_metrics": "validation",
+}
 
 
 def __getattr__(name: str) -> Any:
     # The handlers pull in torch/MONAI/ignite; load them only when asked for, so that the
     # evaluator's worker processes and `tumorseg evaluate --help` stay light.
     if name in _LAZY:
-        from tumorseg.metrics import handlers
-
-        return getattr(handlers, name)
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

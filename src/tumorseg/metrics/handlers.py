@@ -38,7 +38,7 @@ import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 
-from tumorseg.conventions import CHALLENGE_CONVENTIONS, REGIONS, get_convention
+from tumorseg.conventions import CHALLENGE_CONVENTIONS, REGIONS, check_regions, get_convention
 from tumorseg.metrics.challenge import (
     CHALLENGE_METRIC_COLUMNS,
     CHALLENGES,
@@ -295,12 +295,13 @@ class RegionMetricHandler(_DictMetricHandler):
 class ChallengeMetric(CumulativeIterationMetric):
     """A BraTS 2024+ challenge's own metrics of region channels, cumulated over iterations.
 
-    Each sample's ``WT, TC, ET`` channels (prediction and label) are turned into a label map
-    in the configuration's numbering (:func:`tumorseg.transforms.labels.regions_to_labels`)
-    and scored by the official package (:func:`tumorseg.metrics.challenge.score_challenge_arrays`
-    and :func:`~tumorseg.metrics.challenge.parse_challenge_results`), so validation reports
-    the numbers ``tumorseg evaluate --challenge`` would for the same maps. Region channels
-    carry no resection cavity, so the default groups are ``wt``, ``tc`` and ``et``.
+    Each sample's ``WT, TC, ET`` (and ``RC``) channels (prediction and label) are turned into
+    a label map in the configuration's numbering
+    (:func:`tumorseg.transforms.labels.regions_to_labels`) and scored by the official package
+    (:func:`tumorseg.metrics.challenge.score_challenge_arrays` and
+    :func:`~tumorseg.metrics.challenge.parse_challenge_results`), so validation reports the
+    numbers ``tumorseg evaluate --challenge`` would for the same maps. The default groups are
+    ``wt``, ``tc`` and ``et``, and ``rc`` when the channels include the resection cavity.
 
     Args:
         challenge: ``gli``, ``mets``, ``ped``, ``MenPre`` or ``GoAT`` (``MenRT``'s GTV is
@@ -308,7 +309,10 @@ class ChallengeMetric(CumulativeIterationMetric):
         metrics: column prefixes of the package's table to report (default
             :data:`CHALLENGE_METRIC_COLUMNS`).
         groups: region groups of the configuration (``wt``, ``tc``, ``et``, ``netc``,
-            ``snfh``, ...); default ``wt``, ``tc``, ``et``.
+            ``snfh``, ``rc``, ...); default ``wt``, ``tc``, ``et`` (and ``rc``, see above).
+        regions: the channels of ``y_pred`` and ``y`` (``WT, TC, ET``, optionally ``RC``:
+            :func:`tumorseg.conventions.check_regions`; ``RC`` only for a configuration whose
+            numbering has a resection cavity, ``gli`` and ``mets``).
         spacing: voxel size in mm, or ``None`` to read it from the MetaTensor affines.
         threshold: values above it are foreground.
 
@@ -322,6 +326,7 @@ class ChallengeMetric(CumulativeIterationMetric):
         challenge: str = "gli",
         metrics: Sequence[str] = CHALLENGE_METRIC_COLUMNS,
         groups: Sequence[str] | None = None,
+        regions: Sequence[str] = REGIONS,
         spacing: Sequence[float] | None = None,
         threshold: float = 0.5,
     ) -> None:
@@ -333,8 +338,9 @@ class ChallengeMetric(CumulativeIterationMetric):
                 "challenge 'MenRT' scores a GTV label, not WT/TC/ET region channels; choose one "
                 f"of {[c for c in CHALLENGES if c != 'MenRT']}"
             )
+        self.regions = check_regions(regions, self.convention)
         available = challenge_groups(self.challenge)
-        default = [g for g in available if g in ("wt", "tc", "et")]
+        default = [g for g in available if g in {"wt", "tc", "et", *map(str.lower, self.regions)}]
         self.groups = tuple(default if groups is None else groups)
         unknown = sorted(set(self.groups) - set(available))
         if unknown or not self.groups:
@@ -353,15 +359,15 @@ class ChallengeMetric(CumulativeIterationMetric):
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
         """Scores of one batch: ``(B, n_columns)`` in the order of :attr:`columns`."""
-        _check_region_batch(y_pred, y, REGIONS)
+        _check_region_batch(y_pred, y, self.regions)
         assert y is not None
         spacings = _sample_spacings(y_pred, y, self.spacing)
         pred = (y_pred.detach().float() > self.threshold).cpu().numpy()
         ref = (y.detach().float() > self.threshold).cpu().numpy()
         results = [
             score_challenge_arrays(
-                regions_to_labels(pred[b], self.convention),
-                regions_to_labels(ref[b], self.convention),
+                regions_to_labels(pred[b], self.convention, region_names=self.regions),
+                regions_to_labels(ref[b], self.convention, region_names=self.regions),
                 challenge=self.challenge,
                 convention=self.convention,
                 spacing=spacings[b],
@@ -406,6 +412,7 @@ class ChallengeMetricHandler(_DictMetricHandler):
         challenge: configuration name (see :class:`ChallengeMetric`).
         metrics: column prefixes to report.
         groups: region groups to report.
+        regions: the channels of the engine's ``pred`` and ``label`` (see :class:`ChallengeMetric`).
         spacing: voxel size in mm, or ``None`` to read it from the MetaTensor affines.
         key: the aggregated value reported under the handler's name (the engine's key
             metric), e.g. ``"mean_lesionwise_dsc_mean"`` (the default: lesion-wise DSC
@@ -422,6 +429,7 @@ class ChallengeMetricHandler(_DictMetricHandler):
         challenge: str = "gli",
         metrics: Sequence[str] = CHALLENGE_METRIC_COLUMNS,
         groups: Sequence[str] | None = None,
+        regions: Sequence[str] = REGIONS,
         spacing: Sequence[float] | None = None,
         key: str = "mean_lesionwise_dsc_mean",
         prefix: str = "",
@@ -429,7 +437,7 @@ class ChallengeMetricHandler(_DictMetricHandler):
         save_details: bool = True,
     ) -> None:
         metric = ChallengeMetric(
-            challenge=challenge, metrics=metrics, groups=groups, spacing=spacing
+            challenge=challenge, metrics=metrics, groups=groups, regions=regions, spacing=spacing
         )
         valid = set(metric.columns) | {f"mean_{m}" for m in metric.metrics}
         super().__init__(

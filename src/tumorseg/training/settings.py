@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from tumorseg.conventions import check_regions
+
 __all__ = ["check_device", "check_roi_size", "check_settings"]
 
 logger = logging.getLogger(__name__)
@@ -197,6 +199,8 @@ def check_settings(
     roi_size: Any = None,
     network: torch.nn.Module | None = None,
     in_channels: int | None = None,
+    regions: Sequence[str] | str | None = None,
+    label_convention: str | None = None,
 ) -> bool:
     """Check a bundle's command-line settings before a run is created (``initialize``).
 
@@ -205,6 +209,10 @@ def check_settings(
         roi_size: the training patch size.
         network: the network to check ``roi_size`` against (``@network_def``).
         in_channels: input channels of the network (default: its first convolution's).
+        regions: the network's output channels (``["WT", "TC", "ET"]``, optionally ``"RC"``),
+            checked against ``label_convention`` (:func:`tumorseg.conventions.check_regions`):
+            a resection-cavity channel needs labels that have one.
+        label_convention: the training labels' convention.
 
     Returns:
         True (for use in a config expression).
@@ -214,6 +222,8 @@ def check_settings(
     """
     if device is not None:
         check_device(device)
+    if regions is not None:
+        check_regions(regions, label_convention or None)
     if roi_size is not None:
         if network is not None:
             check_roi_size(network, roi_size, in_channels=in_channels)

@@ -265,6 +265,27 @@ def _place_tumour(
     _paint(priority, classes, box, ncr, "NCR")
 
 
+def _resection_cavity(
+    rng: np.random.Generator,
+    brain: np.ndarray,
+    centre: np.ndarray,
+    core_radius: float,
+) -> np.ndarray:
+    """A post-operative resection cavity over part of a tumour: the mask of its voxels.
+
+    An ellipsoid of 0.6-0.8 core radii centred one core radius from the tumour's centre, in a
+    random direction, inside the brain: it takes the resected side of the core and leaves
+    residual enhancing tumour, necrosis and edema around it, as in BraTS 2024 post-operative
+    studies. The caller fills it with fluid (CSF contrast) and labels it ``RC``.
+    """
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction) + 1e-9
+    cavity_centre = np.asarray(centre, dtype=np.float64) + direction * core_radius
+    semi = core_radius * rng.uniform(0.6, 0.8, 3)
+    inside = _ellipsoid(_grid(brain.shape, np.zeros(3)), cavity_centre, semi) < 1.0
+    return np.asarray(inside & brain)
+
+
 def _paint(
     priority: np.ndarray, classes: np.ndarray, box: tuple[slice, ...], mask: np.ndarray, name: str
 ) -> None:

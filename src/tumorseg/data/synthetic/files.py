@@ -22,6 +22,7 @@ from tumorseg.data.synthetic.anatomy import _ORIENTATION_AXES
 from tumorseg.data.synthetic.phantom import (
     _check_contrast,
     _check_orientation,
+    _check_resection_cavity,
     _check_seed,
     _check_shape,
     _check_tumour_scale,
@@ -338,6 +339,7 @@ def generate_dataset(
     case_prefix: str | None = None,
     contrast: Mapping[str, Mapping[str, float]] | None = None,
     tumour_scale: float = 1.0,
+    resection_cavity: bool = False,
     overwrite: bool = False,
     progress: bool = False,
 ) -> list[str]:
@@ -365,6 +367,8 @@ def generate_dataset(
         contrast: tissue-level overrides for every case, passed to :func:`make_phantom`
             (e.g. a shifted set for transfer-learning experiments).
         tumour_scale: tumour size factor for every case, passed to :func:`make_phantom`.
+        resection_cavity: post-operative cases with a resection cavity labelled ``RC``
+            (:func:`make_phantom`); needs ``label_convention="brats2024"``.
         overwrite: replace existing cases (and ``dataset.json``) instead of raising.
         progress: show a tqdm progress bar.
 
@@ -397,6 +401,7 @@ def generate_dataset(
     # Checked here too, so a bad value fails before any case is written.
     _check_contrast(contrast)
     _check_tumour_scale(tumour_scale)
+    _check_resection_cavity(resection_cavity, conv)
     affine = orientation_affine(
         orientation, shape=shape, spacing=spacing, oblique_degrees=oblique_degrees
     )
@@ -427,6 +432,7 @@ def generate_dataset(
             contrast=contrast,
             tumour_scale=tumour_scale,
             orientation=orientation,
+            resection_cavity=resection_cavity,
         )
         write_case(
             out,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from tumorseg.conventions import CHANNEL_ORDER, get_convention
+from tumorseg.conventions import CHANNEL_ORDER, CONVENTIONS, LabelConvention, get_convention
 from tumorseg.data.synthetic.anatomy import (
     _ORIENTATION_AXES,
     _TISSUE_CODE,
@@ -22,6 +22,7 @@ from tumorseg.data.synthetic.anatomy import (
     _brain_anatomy,
     _place_tumour,
     _reorient_from_ras,
+    _resection_cavity,
     _smooth_noise,
 )
 
@@ -157,6 +158,15 @@ def _check_contrast(contrast: Mapping[str, Mapping[str, float]] | None) -> dict[
     return {m: np.array([table[m][t] for t in TISSUES]) for m in CHANNEL_ORDER}
 
 
+def _check_resection_cavity(resection_cavity: bool, conv: LabelConvention) -> None:
+    if resection_cavity and "RC" not in conv.classes:
+        having = sorted(n for n, c in CONVENTIONS.items() if "RC" in c.classes)
+        raise ValueError(
+            f"resection_cavity needs a label convention with a resection cavity (one of "
+            f"{having}), got label_convention={conv.name!r}"
+        )
+
+
 def make_phantom(
     shape: tuple[int, int, int] = (64, 64, 64),
     *,
@@ -166,6 +176,7 @@ def make_phantom(
     contrast: Mapping[str, Mapping[str, float]] | None = None,
     tumour_scale: float = 1.0,
     orientation: str = "RAS",
+    resection_cavity: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic skull-stripped brain with glioma(s), in four MRI contrasts.
 
@@ -191,6 +202,9 @@ def make_phantom(
         orientation: voxel order of the returned arrays as 3-letter axis codes (nibabel's
             convention: ``"LPS"`` means the first axis points left). The anatomy is laid out
             so that :func:`orientation_affine` with the same code puts it the right way up.
+        resection_cavity: a post-operative study: a fluid-filled cavity (CSF contrast) over
+            part of the first tumour, labelled ``RC``; needs a convention with a resection
+            cavity (``brats2024``). A case without tumour has no cavity.
 
     Returns:
         ``(images, label)``: images float32 ``(4, *shape)`` in
@@ -198,12 +212,14 @@ def make_phantom(
         the brain and >= 1 inside; label uint8 ``shape`` with the convention's values.
 
     Raises:
-        ValueError: for a bad shape, seed, count, convention, contrast or orientation.
+        ValueError: for a bad shape, seed, count, convention, contrast or orientation, or a
+            resection cavity asked of a convention without the ``RC`` class.
     """
     shape = _check_shape(shape)
     seed = _check_seed(seed)
     low, high = _check_num_tumours(num_tumours)
     conv = get_convention(label_convention)
+    _check_resection_cavity(resection_cavity, conv)
     levels = _check_contrast(contrast)
     _check_tumour_scale(tumour_scale)
     orientation = _check_orientation(orientation)
@@ -224,12 +240,18 @@ def make_phantom(
         # Satellite lesions of multifocal gliomas are smaller than the main one.
         scale = tumour_scale * (1.0 if i == 0 else rng.uniform(0.6, 0.9))
         _place_tumour(rng, tissue, r_brain, s, centre, scale, taken, priority, classes)
+    cavity = np.zeros(ras, bool)
+    if resection_cavity and taken:
+        cavity = _resection_cavity(rng, brain, *taken[0])
+        classes[cavity] = _TISSUE_CODE["CSF"]
 
     images = _render(rng, classes, tissue, brain, levels, s)
 
     label = np.zeros(ras, np.uint8)
     for name in ("NCR", "ED", "ET"):
         label[classes == _TISSUE_CODE[name]] = conv.classes[name]
+    if resection_cavity:
+        label[cavity] = conv.classes["RC"]
     return _reorient_from_ras(images, orientation), _reorient_from_ras(label, orientation)
 
 
