@@ -291,6 +291,8 @@ def baseline(
         "tumorseg cv",
         _tumorseg(
             "cv",
+            "--bundle",
+            str(REPO / "bundles" / "brats_mri_segmentation"),
             "--datalist",
             str(manifest),
             "--output",

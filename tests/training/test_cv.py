@@ -201,7 +201,7 @@ def test_cv_on_two_gloo_processes_per_fold(dataset: dict[str, Path], tmp_path: P
     cmd = _cv_cmd(dataset, tmp_path)
     cmd[cmd.index("--"):cmd.index("--")] = ["--nproc-per-node", "2"]  # fmt: skip
     done = subprocess.run(
-        cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1500
+        cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=3300
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "folds trained now [0, 1], finished before []" in done.stdout
