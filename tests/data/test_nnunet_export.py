@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -233,3 +234,73 @@ def test_install_keeps_the_pinned_torch() -> None:
         assert all("2.13.0" in r for r in torch_req), torch_req
     if importlib.util.find_spec("nnunetv2") is not None:
         assert importlib.metadata.version("nnunetv2") == "2.8.1"
+
+
+def _bench_module(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5400)  # about 25 min on 2 shared cores: nnU-Net and tumorseg both train
+@pytest.mark.skipif(importlib.util.find_spec("nnunetv2") is None,
+                    reason="nnunetv2 not installed (make install)")  # fmt: skip
+def test_nnunet_baseline_and_tumorseg_cv_in_one_compare_table(tmp_path: Path) -> None:
+    """The user's path, for real on CPU: export -> nnU-Net plan, train and predict each fold ->
+    `tumorseg evaluate --fold K --log-mlflow` -> `tumorseg cv` in the same experiment ->
+    `tumorseg compare`: nnU-Net and tumorseg rows on the same folds, in the same columns."""
+    import mlflow
+
+    bench = _bench_module("bench_nnunet_baseline")
+    result = bench.baseline(tmp_path / "work", folds=[0])  # one fold: minutes of CPU each
+    print("\n" + "\n".join(f"{s}: {c} ({t:.0f} s)" for s, c, t in result.commands))
+    print(result.table)
+    manifest = json.loads((result.work / "manifest.json").read_text())
+    splits = json.loads((result.nnunet_dataset / "splits_final.json").read_text())
+    trainer_dir = "nnUNetTrainer_smoke__nnUNetPlans__3d_fullres"
+    for fold in (0,):
+        val = sorted(t["case_id"] for t in manifest["training"] if t["fold"] == fold)
+        assert splits[fold]["val"] == val
+        # nnU-Net trained on the manifest's split (read from nnUNet_preprocessed), for real
+        log = result.outputs[f"nnunet train fold {fold}"]
+        assert "Using splits from existing split file" in log
+        train = len(splits[fold]["train"])
+        assert f"This split has {train} training and {len(val)} validation cases" in log
+        results = result.work / "nnUNet_results" / result.nnunet_dataset.name / trainer_dir
+        assert (results / f"fold_{fold}" / "checkpoint_final.pth").is_file()
+        predicted = result.work / "nnunet_pred" / f"fold{fold}"
+        assert sorted(p.name for p in predicted.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in val]
+    client = mlflow.MlflowClient(result.tracking_uri)
+    experiment = client.get_experiment_by_name(bench.EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    kinds = sorted(r.data.tags["tumorseg.kind"] for r in runs)
+    assert kinds == ["cross-validation", "evaluation", "evaluation", "training"]
+    by_name = {r.info.run_name: r for r in runs}
+    columns = ["val_mean_dice", "val_dice_wt", "val_dice_tc", "val_dice_et", "val_hd95_mean"]
+    for fold in (0,):
+        ours, theirs = by_name[f"tumorseg-fold{fold}"], by_name[f"nnunet-fold{fold}"]
+        assert theirs.data.tags["source"] == "nnunet"
+        for run in (ours, theirs):
+            assert run.data.params["fold"] == str(fold)
+            assert run.data.params["eval_cases"] == "2"
+            assert set(columns) <= set(run.data.metrics)
+        assert ours.data.params["datalist_sha256"] == theirs.data.params["datalist_sha256"]
+        assert theirs.data.params["label_convention"] == NNUNET_CONVENTION
+    children = [r for r in runs if r.data.tags["tumorseg.kind"] == "training"]
+    assert [r.data.params["fold"] for r in children] == ["0"]
+    assert {r.data.params["datalist_sha256"] for r in children} == {
+        by_name["nnunet-fold0"].data.params["datalist_sha256"]
+    }
+    # one table: every run a row, the same metric columns, the fold of each shown
+    lines = result.table.splitlines()
+    header = next(line for line in lines if line.startswith("#"))
+    assert header.split()[:4] == ["#", "run", "status", "val_mean_dice"]
+    assert header.split()[-3:] == ["network", "fold", "datalist_sha256"]
+    for name in ("nnunet-fold0", "tumorseg-fold0"):
+        row = next(line for line in lines if f" {name} " in line)
+        assert row.split()[-2] == name[-1]
+    assert sum(" FINISHED " in line for line in lines) == 4

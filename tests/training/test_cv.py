@@ -17,6 +17,7 @@ import pytest
 from tumorseg.cli import main
 from tumorseg.data.manifest import build_manifest, write_manifest
 from tumorseg.data.synthetic import generate_dataset
+from tumorseg.io import is_temporary
 from tumorseg.training.cv import (
     CVError,
     bundle_overrides,
@@ -185,3 +186,52 @@ def test_refusals_before_any_training(
         fold_checkpoints(tmp_path / "cv")
     with pytest.raises(CVError, match="not a cross-validation folder"):
         fold_checkpoints(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # two torchrun trainings and their inference on shared CPUs
+def test_cv_on_two_gloo_processes_per_fold(dataset: dict[str, Path], tmp_path: Path) -> None:
+    """`tumorseg cv --nproc-per-node 2`: each fold trained by torchrun on two Gloo CPU ranks,
+    one MLflow child run per fold (rank 0's), the out-of-fold maps written once, by the driver."""
+    import mlflow
+    import torch
+
+    from tumorseg.tracking.runs import child_runs
+
+    cmd = _cv_cmd(dataset, tmp_path)
+    cmd[cmd.index("--"):cmd.index("--")] = ["--nproc-per-node", "2"]  # fmt: skip
+    done = subprocess.run(
+        cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=3300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "folds trained now [0, 1], finished before []" in done.stdout
+    cv = tmp_path / "cv"
+    for fold in (0, 1):
+        models = cv / f"fold{fold}" / "models"
+        # rank 0 alone writes the checkpoints and the run record
+        assert sorted(p.name for p in models.iterdir() if p.is_file()) == [
+            "checkpoint_latest.pt", "mlflow_run.json", "model.pt"
+        ]  # fmt: skip
+        latest = torch.load(models / "checkpoint_latest.pt", map_location="cpu", weights_only=False)
+        assert not any(k.startswith("module.") for k in latest["network"])  # unwrapped from DDP
+        # predicted once per fold, by the driver after torchrun ended
+        assert done.stdout.count(f"fold {fold}: predicting 2 validation case(s)") == 1
+    state = json.loads((cv / "cv.json").read_text())
+    client = mlflow.MlflowClient(state["tracking_uri"])
+    experiment = client.get_experiment_by_name(state["experiment_name"])
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.data.tags["tumorseg.kind"] == "cross-validation"
+    assert parent.info.status == "FINISHED" and parent.data.metrics["cv_folds"] == 2
+    children = child_runs(client, state["parent_run_id"])
+    assert sorted(c.data.params["fold"] for c in children) == ["0", "1"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["world_size"] == "2"
+        assert "val_mean_dice" in child.data.metrics
+    cases = {t["case_id"] for t in json.loads(dataset["manifest"].read_text())["training"]}
+    probabilities = sorted((cv / "oof" / "probabilities").iterdir())
+    assert [p.name for p in probabilities] == sorted(f"{c}.npz" for c in cases)
+    assert {p.name.split(".")[0] for p in (cv / "oof").glob("*.nii.gz")} == cases
+    assert not [p for p in cv.rglob("*") if is_temporary(p)]

@@ -56,11 +56,26 @@ def register(subparsers: Any) -> None:
         "(val_lesionwise_dsc_mean_wt, val_global_nsd_et, ...) and sort by "
         "val_mean_lesionwise_dsc_mean unless --metric is given",
     )
+    parser.add_argument(
+        "--params",
+        default=None,
+        metavar="NAME,...",
+        help="param columns to show (e.g. network,fold); default: the params that differ",
+    )
     parser.add_argument("--csv", default=None, metavar="PATH", help="also write the table as CSV")
     parser.add_argument(
         "--plot", default=None, metavar="PNG", help="overlay the runs' validation curves"
     )
     parser.set_defaults(func=run)
+
+
+def _names(text: str) -> list[str]:
+    from tumorseg.cli import CliError
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise CliError(f"--params must name at least one param (NAME,...), got {text!r}")
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             order=args.order,
             kind="" if args.kind == "all" else args.kind,
+            params=None if args.params is None else _names(args.params),
         )
     except TrackingUnavailableError as err:
         raise CliError(str(err)) from None

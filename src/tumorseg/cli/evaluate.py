@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register", "run", "format_challenge_summary", "format_summary"]
@@ -90,6 +91,50 @@ def register(subparsers: Any) -> None:
         "references' (e.g. brats2021 predictions against brats2024 references)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    folds = parser.add_argument_group(
+        "folds and MLflow",
+        "score one fold's validation cases and record the scores as an MLflow run named as the "
+        "bundles' validation (val_mean_dice, val_dice_wt, val_hd95_et, ...), so that `tumorseg "
+        "compare` shows e.g. an nnU-Net baseline beside a `tumorseg cv` on the same folds",
+    )
+    folds.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        metavar="K",
+        help="score only the validation cases of fold K of the manifest (--datalist, or --ref "
+        "when it is a manifest); other predictions are ignored",
+    )
+    folds.add_argument("--datalist", default=None, metavar="MANIFEST", help="manifest of --fold")
+    folds.add_argument(
+        "--log-mlflow",
+        action="store_true",
+        help="record the evaluation as an MLflow run (tag tumorseg.kind=evaluation)",
+    )
+    folds.add_argument("--experiment", default="", metavar="NAME", help="its MLflow experiment")
+    folds.add_argument(
+        "--run-name", default="", metavar="NAME", help="its name (default eval-<pred>-fold<K>-...)"
+    )
+    folds.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tag of the run, e.g. source=nnunet (repeatable)",
+    )
+    folds.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a param of the run, e.g. network=nnunet-3d_fullres (repeatable)",
+    )
+    folds.add_argument(
+        "--tracking-uri",
+        default="",
+        metavar="URI",
+        help="store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -190,6 +235,17 @@ def _print_unpaired(result: Any, penalty: str) -> None:
 def _check_challenge_options(args: argparse.Namespace) -> None:
     from tumorseg.cli import CliError
 
+    if args.challenge is not None:
+        fold_options = [
+            flag
+            for flag, used in (("--fold", args.fold is not None), ("--log-mlflow", args.log_mlflow))
+            if used
+        ]
+        if fold_options:
+            raise CliError(
+                f"{', '.join(fold_options)} do(es) not apply with --challenge {args.challenge}"
+                " yet: they score and record the BraTS 2021/2023 metrics; drop --challenge"
+            )
     if args.challenge is None:
         if args.pred_convention is not None:
             raise CliError("--pred-convention applies only with --challenge")
@@ -251,11 +307,124 @@ def _run_challenge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    from tumorseg.cli import CliError
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"{flag} must look like KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def _fold_manifest(args: argparse.Namespace) -> str | None:
+    """The manifest whose fold ``--fold`` names (None without ``--fold``)."""
+    from tumorseg.cli import CliError
+
+    if args.fold is None:
+        if args.datalist is not None:
+            raise CliError("--datalist applies only with --fold K (the manifest of its folds)")
+        return None
+    if args.datalist is not None:
+        return str(args.datalist)
+    if str(args.ref).endswith(".json") and Path(args.ref).is_file():
+        return str(args.ref)
+    raise CliError(
+        f"--fold {args.fold} needs the manifest of the folds: pass --datalist MANIFEST (--ref "
+        f"{args.ref!r} is not a manifest)"
+    )
+
+
+def _fold_cases(manifest: str, fold: int) -> list[str]:
+    from tumorseg.cli import CliError
+    from tumorseg.data.manifest import load_manifest, select_split
+
+    content = load_manifest(manifest)
+    num_folds = int(content["num_folds"])
+    if not 0 <= fold < num_folds:
+        raise CliError(
+            f"--fold {fold} is not a fold of {manifest} (num_folds={num_folds}: 0..{num_folds - 1})"
+        )
+    return [str(t["case_id"]) for t in select_split(content, fold=fold, split="val")]
+
+
+def _check_tracking_options(args: argparse.Namespace) -> None:
+    """Refuse MLflow options without --log-mlflow; reach the store before any case is scored."""
+    from tumorseg.cli import CliError
+
+    given = [
+        flag
+        for flag, value in (
+            ("--experiment", args.experiment),
+            ("--run-name", args.run_name),
+            ("--tag", args.tag),
+            ("--param", args.param),
+            ("--tracking-uri", args.tracking_uri),
+        )
+        if value
+    ]
+    if not args.log_mlflow:
+        if given:
+            raise CliError(f"{', '.join(given)} apply only with --log-mlflow")
+        return
+    if not args.experiment:
+        raise CliError(
+            "--log-mlflow needs --experiment NAME: the experiment of the runs to compare with "
+            "(the one `tumorseg cv --experiment` logged to)"
+        )
+    _pairs(args.tag, "--tag")
+    _pairs(args.param, "--param")
+    from tumorseg.tracking import TrackingUnavailableError, check_tracking_uri
+
+    try:
+        check_tracking_uri(args.tracking_uri)
+    except TrackingUnavailableError as err:
+        raise CliError(str(err)) from None
+
+
+def _log_run(args: argparse.Namespace, result: Any, manifest: str | None) -> None:
+    from tumorseg.tracking import file_sha256, run_name
+    from tumorseg.tracking.evaluation import log_evaluation_run, validation_metrics
+
+    params: dict[str, Any] = {
+        "predictions": str(Path(args.pred).resolve()),
+        "references": str(Path(args.ref).resolve()),
+        "label_convention": result.info["convention"],
+        "hd95_definition": result.info["hd95_key"],
+        "eval_cases": len(result.rows),
+        "missing_predictions": len(result.missing),
+    }
+    if manifest is not None:
+        params.update(
+            fold=args.fold,
+            datalist=str(Path(manifest).resolve()),
+            datalist_sha256=file_sha256(manifest),
+        )
+    params.update(_pairs(args.param, "--param"))
+    outputs = [result.output_dir / name for name in ("per_case.csv", "summary.json")]
+    fold = "" if args.fold is None else f"fold{args.fold}"
+    run_id = log_evaluation_run(
+        validation_metrics(result.summary, hd95=result.info["hd95_key"]),
+        experiment_name=args.experiment,
+        run_name=args.run_name or run_name("eval", Path(args.pred).resolve().name, fold),
+        tracking_uri=args.tracking_uri,
+        params=params,
+        tags=_pairs(args.tag, "--tag"),
+        artifacts=[p for p in outputs if p.is_file()],
+    )
+    print(f"MLflow: evaluation run {run_id} in experiment {args.experiment!r}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation described by the parsed arguments; returns the exit code."""
     _check_challenge_options(args)
     if args.challenge is not None:
         return _run_challenge(args)
+    manifest = _fold_manifest(args)
+    _check_tracking_options(args)
+    cases = _fold_cases(manifest, args.fold) if manifest is not None else None
     from tumorseg.metrics.evaluate import evaluate_folder
 
     result = evaluate_folder(
@@ -270,8 +439,11 @@ def run(args: argparse.Namespace) -> int:
         lesion_task=args.lesion_task,
         progress=not args.no_progress,
         allow_missing=args.allow_missing,
+        cases=cases,
     )
     n = len(result.rows)
+    if args.fold is not None:
+        print(f"fold {args.fold} of {manifest}: its {n} validation case(s)")
     print(f"{n} case(s), convention {result.info['convention']}, HD95: {result.info['hd95_key']}")
     print(format_summary(result))
     _print_unpaired(result, "scored Dice 0 / HD95 373.13")
@@ -284,5 +456,9 @@ def run(args: argparse.Namespace) -> int:
             "Dice 0",
             file=sys.stderr,
         )
+        if args.log_mlflow:
+            print("not logged to MLflow: predictions are missing", file=sys.stderr)
         return 1
+    if args.log_mlflow:
+        _log_run(args, result, manifest)
     return 0

@@ -35,7 +35,7 @@ import json
 import math
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -399,6 +399,22 @@ def _definitions(opts: _Options) -> dict[str, Any]:
     }
 
 
+def _select_cases(
+    references: Mapping[str, Path], cases: Collection[str], ref: str | os.PathLike[str]
+) -> dict[str, Path]:
+    wanted = sorted({str(c) for c in cases})
+    if not wanted:
+        raise EvaluationError(f"no case to score: the case selection for {str(ref)!r} is empty")
+    unknown = [c for c in wanted if c not in references]
+    if unknown:
+        raise EvaluationError(
+            f"case(s) {unknown} have no reference label map in {str(ref)!r} "
+            f"({len(references)} reference case(s)); are the manifest and the references "
+            "of the same dataset?"
+        )
+    return {c: references[c] for c in wanted}
+
+
 def evaluate_folder(
     pred_dir: str | os.PathLike[str],
     ref: str | os.PathLike[str],
@@ -412,6 +428,7 @@ def evaluate_folder(
     lesion_task: str = "BraTS-GLI",
     progress: bool = True,
     allow_missing: bool = False,
+    cases: Collection[str] | None = None,
 ) -> EvaluationResult:
     """Score every reference case against its prediction and write the reports.
 
@@ -431,6 +448,8 @@ def evaluate_folder(
         progress: show a progress bar.
         allow_missing: score every case even when no prediction matches any reference
             (all Dice 0); by default that is an error, as it means a wrong or empty folder.
+        cases: score only these reference cases (e.g. one fold's validation cases); the
+            predictions of the other references are then neither scored nor unmatched.
 
     Returns:
         The per-case rows, summary statistics and lists of missing/unmatched cases.
@@ -439,7 +458,7 @@ def evaluate_folder(
         FileNotFoundError: when ``pred_dir`` or ``ref`` does not exist.
         CaseMismatchError: when a prediction's shape or affine differs from its reference.
         EvaluationError: for other unusable inputs (no references, no prediction matching
-            any of them, illegal label values...).
+            any of them, illegal label values, a case of ``cases`` without a reference...).
     """
     # Validate the options before touching the file system.
     if convention is not None:
@@ -450,6 +469,9 @@ def evaluate_folder(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     predictions = find_predictions(pred_dir)
     references, found_convention = _find_references(ref)
+    unmatched = sorted(set(predictions) - set(references))
+    if cases is not None:
+        references = _select_cases(references, cases, ref)
     opts = _Options(
         convention=get_convention(convention or found_convention or "brats2021").name,
         lesionwise=bool(lesionwise),
@@ -457,7 +479,6 @@ def evaluate_folder(
         lesion_task=task,
     )
     missing = sorted(set(references) - set(predictions))
-    unmatched = sorted(set(predictions) - set(references))
     if references and len(missing) == len(references) and not allow_missing:
         raise EvaluationError(
             f"no prediction in {str(pred_dir)!r} matches any of the {len(references)} reference "

@@ -112,7 +112,8 @@ class Comparison:
         metric: the sorting metric.
         lower_is_better: sort direction.
         metrics: metric columns, in display order.
-        differing_params: params whose value is not the same in every run.
+        differing_params: params whose value is not the same in every run (or the params
+            asked for).
         runs: the runs, best first; runs without the metric last.
     """
 
@@ -303,6 +304,7 @@ def compare_runs(
     order: str = "auto",
     metrics: Sequence[str] | None = None,
     kind: str = "",
+    params: Sequence[str] | None = None,
 ) -> Comparison:
     """Read runs and build a :class:`Comparison`.
 
@@ -316,6 +318,8 @@ def compare_runs(
         metrics: metric columns; None: every ``val_*`` metric any of the runs logged.
         kind: keep only runs of this ``tumorseg.kind`` tag (``training``, ``evaluation``,
             ``cross-validation``); empty keeps all.
+        params: param columns to show, whether they differ or not (e.g. ``fold``, to show
+            that runs scored the same folds); None: the params that differ between the runs.
 
     Raises:
         ValueError: bad arguments, unknown experiment or run id, a run outside the experiment.
@@ -373,7 +377,7 @@ def compare_runs(
         metric=metric,
         lower_is_better=lower,
         metrics=columns,
-        differing_params=_differing(summaries),
+        differing_params=_differing(summaries) if params is None else list(params),
         runs=summaries,
     )
 
