@@ -106,6 +106,26 @@ def test_checkpointer_writes_the_description_into_both_files(tmp_path: Path) -> 
     assert again.resumed_from == tmp_path / "checkpoint_latest.pt"
 
 
+def test_resume_refuses_the_latest_state_of_another_network(tmp_path: Path) -> None:
+    """Training another network file into the same folder must not resume the first one's
+    state (it stopped deep in load_state_dict, found by the README test's TransUNet block)."""
+    net = torch.nn.Linear(2, 1)
+    first = Checkpointer(tmp_path, {"network": net}, meta=_meta(network_name="unet2d"))
+    trainer = Engine(lambda e, b: None)
+    first.attach(trainer)
+    trainer.run([0], max_epochs=1)
+    other = Checkpointer(
+        tmp_path, {"network": torch.nn.Linear(2, 1)}, meta=_meta(network_name="transunet2d")
+    )
+    trainer2 = Engine(lambda e, b: None)
+    other.attach(trainer2)
+    with pytest.raises(ValueError) as err:
+        trainer2.run([0], max_epochs=2)
+    message = str(err.value)
+    assert "unet2d" in message and "transunet2d" in message and "--ckpt_dir" in message
+    assert str(tmp_path / "checkpoint_latest.pt") in message
+
+
 def test_monai_checkpoint_loader_reads_described_and_plain_files(tmp_path: Path) -> None:
     """evaluate.json loads model.pt with CheckpointLoader(load_dict={"network": ...})."""
     source = torch.nn.Linear(3, 2)

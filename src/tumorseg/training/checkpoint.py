@@ -226,6 +226,7 @@ class Checkpointer:
                 f"checkpoint {self.latest_path} lacks {missing}; it was not written by this "
                 "bundle's trainer. Move it away or set resume=false."
             )
+        self._check_same_network(state)
         max_epochs = engine.state.max_epochs
         for name, obj in self.save_dict.items():
             obj.load_state_dict(state[name])
@@ -246,6 +247,21 @@ class Checkpointer:
             self.best_metric,
             self.best_metric_epoch,
         )
+
+    def _check_same_network(self, state: Mapping[str, Any]) -> None:
+        """Refuse the latest state of another network (another network file, same folder):
+        its weights would fail deep in ``load_state_dict`` or, worse, half fit."""
+        saved = meta_of(state, source=str(self.latest_path))
+        if self.meta is None or saved is None:
+            return
+        before = (saved.network_name, saved.network_settings)
+        now = (self.meta.network_name, self.meta.network_settings)
+        if before != now:
+            raise ValueError(
+                f"{self.latest_path} holds the training state of network {before[0]!r} "
+                f"{before[1]}, but this training builds {now[0]!r} {now[1]}; train it into its "
+                "own folder (--ckpt_dir <bundle>/models/<name>) or move that file away."
+            )
 
     def _epoch_completed(self, engine: Engine) -> None:
         epoch = engine.state.epoch
