@@ -190,9 +190,9 @@ def prepare_command(line: str, variables: dict[str, str]) -> str:
 def prepare_block(block: Block, data: Path, variables: dict[str, str] | None = None) -> str:
     """The block's text as the slow test runs it; ``variables`` (``B=...`` lines) carry over
     from the earlier blocks of the document."""
-    text = block.text
-    for placeholder in sorted(PLACEHOLDERS, key=len, reverse=True):
-        text = text.replace(placeholder, PLACEHOLDERS[placeholder].format(data=data))
+    # One pass, longest placeholder first: a path already substituted is never matched again.
+    pattern = "|".join(re.escape(p) for p in sorted(PLACEHOLDERS, key=len, reverse=True))
+    text = re.sub(pattern, lambda m: PLACEHOLDERS[m.group(0)].format(data=data), block.text)
     variables = {} if variables is None else variables
     return "\n".join(prepare_command(line, variables) for line in _logical_lines(text))
 
@@ -272,6 +272,15 @@ def test_prepare_command_applies_the_tiny_settings_once() -> None:
         variables,
     )
     assert "--filters" not in lgg and "--nproc-per-node 2" in lgg
+
+
+def test_each_placeholder_is_replaced_once(tmp_path: Path) -> None:
+    """A substituted path that ends like another placeholder is not substituted again
+    (``/data/new_kaggle_3m`` became ``<data>/kaggle_3m``, then ``<data><data>/kaggle_3m``)."""
+    data = tmp_path / "data"  # as in the slow test: the folder itself ends in /data
+    block = Block("README.md", 1, "bash", "infer --input /data/new_kaggle_3m /data/kaggle_3m", None)
+    tokens = shlex.split(prepare_block(block, data))
+    assert tokens[-2:] == [f"{data}/kaggle_3m", f"{data}/kaggle_3m"]
 
 
 # ----------------------------------------------------------------------------- running them
