@@ -19,13 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from tumorseg.metrics.regions import REGION_STRUCTURES, metric_key
-from tumorseg.tracking.settings import run_name as make_run_name
 from tumorseg.tracking.store import (
-    check_tracking_uri,
-    environment_params,
+    create_run,
     flatten_params,
-    get_or_create_experiment,
-    run_tags,
 )
 
 __all__ = ["log_evaluation_run", "validation_metrics"]
@@ -101,7 +97,6 @@ def log_evaluation_run(
             a tag that replaces ``tumorseg.kind``.
         TrackingUnavailableError: the store cannot be reached (nothing was logged).
     """
-    import mlflow
     from mlflow.entities import Metric, Param
 
     if not experiment_name:
@@ -116,14 +111,13 @@ def log_evaluation_run(
         raise ValueError(
             f"tag tumorseg.kind is set by tumorseg (evaluation), got {tags['tumorseg.kind']!r}"
         )
-    uri = check_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(uri)
-    experiment = get_or_create_experiment(client, experiment_name, uri)
-    env = environment_params()
-    run = client.create_run(
-        experiment.experiment_id,
-        run_name=run_name or make_run_name("eval"),
-        tags=run_tags("evaluation", commit=env["git_commit"], extra=tags),
+    client, run, env = create_run(
+        tracking_uri,
+        experiment_name,
+        "evaluation",
+        run_name=run_name,
+        name_prefix="eval",
+        tags=tags,
     )
     run_id = run.info.run_id
     status = "FAILED"

@@ -16,13 +16,9 @@ import statistics
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from tumorseg.tracking.settings import run_name as make_run_name
 from tumorseg.tracking.store import (
-    check_tracking_uri,
-    environment_params,
+    create_run,
     flatten_params,
-    get_or_create_experiment,
-    run_tags,
 )
 
 if TYPE_CHECKING:
@@ -101,17 +97,15 @@ def fold_parent(
     Raises:
         TrackingUnavailableError: the store cannot be reached (before anything is trained).
     """
-    import mlflow
     from mlflow.entities import Param
 
-    uri = check_tracking_uri(tracking_uri)
-    client = mlflow.MlflowClient(uri)
-    experiment = get_or_create_experiment(client, experiment_name, uri)
-    env = environment_params()
-    run = client.create_run(
-        experiment.experiment_id,
-        run_name=run_name or make_run_name("cv"),
-        tags=run_tags("cross-validation", commit=env["git_commit"], extra=tags),
+    client, run, env = create_run(
+        tracking_uri,
+        experiment_name,
+        "cross-validation",
+        run_name=run_name,
+        name_prefix="cv",
+        tags=tags,
     )
     run_id = run.info.run_id
     values = {**flatten_params(params), **env}

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tumorseg.tracking.settings import artifact_location, tracking_uri
+from tumorseg.tracking.settings import run_name as make_run_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Experiment
+    from mlflow.entities import Experiment, Run
 
 __all__ = [
+    "create_run",
     "TrackingUnavailableError",
     "check_tracking_uri",
     "client_timeouts",
@@ -240,3 +242,34 @@ def flatten_params(params: Mapping[str, Any] | None, prefix: str = "") -> dict[s
         text = "" if value is None else str(value)
         out[name] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
     return out
+
+
+def create_run(
+    tracking_uri: str,
+    experiment_name: str,
+    kind: str,
+    *,
+    run_name: str = "",
+    name_prefix: str = "run",
+    tags: Mapping[str, Any] | None = None,
+) -> tuple[MlflowClient, Run, dict[str, str]]:
+    """Open a run of ``kind`` in ``experiment_name`` (created if needed) with tumorseg's tags.
+
+    Returns:
+        The client, the new run and :func:`environment_params` (to log as params).
+
+    Raises:
+        TrackingUnavailableError: the store cannot be reached.
+    """
+    import mlflow
+
+    uri = check_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient(uri)
+    experiment = get_or_create_experiment(client, experiment_name, uri)
+    env = environment_params()
+    run = client.create_run(
+        experiment.experiment_id,
+        run_name=run_name or make_run_name(name_prefix),
+        tags=run_tags(kind, commit=env["git_commit"], extra=tags),
+    )
+    return client, run, env
