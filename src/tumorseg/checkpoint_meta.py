@@ -108,6 +108,8 @@ class CheckpointMeta:
         network_class: the network's class, e.g. ``monai.networks.nets.dynunet.DynUNet``.
         network_settings: the config ids that define the network, with their values
             (``{"filters": [8, 16, 32, 64, 128]}``); an inference sets them.
+        preprocessing_settings: config ids of the input preprocessing the weights were trained
+            with, beyond ``pixdim`` (``{"intensity_mode": "uint8"}``); an inference sets them.
         pixdim: voxel spacing of the preprocessing (mm), or None where the bundle resamples
             nothing (kaggle_3m slices).
         roi_size: the training patch, the default sliding window of an inference.
@@ -124,6 +126,7 @@ class CheckpointMeta:
     network_name: str
     network_class: str = ""
     network_settings: dict[str, Any] = field(default_factory=dict)
+    preprocessing_settings: dict[str, Any] = field(default_factory=dict)
     pixdim: list[float] | None = None
     roi_size: list[int] | None = None
     channel_order: list[str] = field(default_factory=list)
@@ -165,7 +168,7 @@ class CheckpointMeta:
                 weights' channels as they were trained (a fourth one is the resection cavity);
                 a fine-tuning may train other channels on its own labels.
         """
-        values: dict[str, Any] = dict(self.network_settings)
+        values: dict[str, Any] = {**self.network_settings, **self.preprocessing_settings}
         if self.pixdim is not None:
             values["pixdim"] = list(self.pixdim)
         if self.roi_size is not None:

@@ -16,9 +16,12 @@ import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, NormalizeIntensityd
 from PIL import Image
 
+from tumorseg.checkpoint_meta import META_KEY, load_checkpoint, read_meta
 from tumorseg.data.lgg import LGGDatasetError
 from tumorseg.data.synthetic_lgg import generate_kaggle_3m
+from tumorseg.inference import Predictor
 from tumorseg.inference.lgg import segment_kaggle_3m_folder
+from tumorseg.transforms import SliceIntensityd
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "lgg_flair_segmentation_2d"
 CONFIGS = BUNDLE / "configs"
@@ -118,6 +121,46 @@ def test_folder_inference_writes_masks_in_the_same_layout(work: Path) -> None:
         with Image.open(out / patient / masks[0]) as img:
             assert img.size == (SHAPE[1], SHAPE[0])
             assert set(np.unique(np.array(img))) <= {0, 255}
+
+
+def _intensity_modes(predictor: Predictor) -> list[str]:
+    transforms = getattr(predictor.preprocessing, "transforms", ())
+    return [t.mode for t in transforms if isinstance(t, SliceIntensityd)]
+
+
+def test_checkpoint_records_the_intensity_mode_and_an_inference_repeats_it(
+    work: Path, tmp_path: Path
+) -> None:
+    trained = work / "models" / "model.pt"
+    meta = read_meta(trained)
+    assert meta is not None and meta.preprocessing_settings == {"intensity_mode": "zscore"}
+    # The same weights, described as trained on the 8-bit scale: an inference must follow the
+    # file, not the bundle's default, or the network sees inputs it was not trained on.
+    state = load_checkpoint(trained)
+    state[META_KEY] = {**state[META_KEY], "preprocessing_settings": {"intensity_mode": "uint8"}}
+    uint8 = tmp_path / "uint8.pt"
+    torch.save(state, uint8)
+    assert _intensity_modes(Predictor.from_bundle(BUNDLE, checkpoint=trained, device="cpu")) == [
+        "zscore"
+    ]
+    assert _intensity_modes(Predictor.from_bundle(BUNDLE, checkpoint=uint8, device="cpu")) == [
+        "uint8"
+    ]
+    conflict = r"intensity_mode=zscore \(the checkpoint has intensity_mode=uint8\)"
+    with pytest.raises(ValueError, match=conflict):
+        Predictor.from_bundle(
+            BUNDLE, checkpoint=uint8, device="cpu", overrides={"intensity_mode": "zscore"}
+        )
+
+
+def test_a_bad_intensity_mode_fails_before_training_naming_the_choices(tmp_path: Path) -> None:
+    overrides = {**TINY, "bundle_root": str(BUNDLE), "intensity_mode": "percentile"}
+    overrides |= {"dataset_dir": str(tmp_path / "none"), "log_mlflow": False}
+    proc = subprocess.run(
+        _cli("training", ["train.json"], overrides), cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode != 0
+    assert "intensity_mode must be one of ('zscore', 'uint8'), got 'percentile'" in proc.stderr
 
 
 class _Constant(torch.nn.Module):

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from tumorseg.conventions import check_regions
+from tumorseg.transforms.intensity import check_intensity_mode
 
 __all__ = ["check_device", "check_roi_size", "check_settings"]
 
@@ -201,6 +202,7 @@ def check_settings(
     in_channels: int | None = None,
     regions: Sequence[str] | str | None = None,
     label_convention: str | None = None,
+    intensity_mode: str | None = None,
 ) -> bool:
     """Check a bundle's command-line settings before a run is created (``initialize``).
 
@@ -213,6 +215,8 @@ def check_settings(
             checked against ``label_convention`` (:func:`tumorseg.conventions.check_regions`):
             a resection-cavity channel needs labels that have one.
         label_convention: the training labels' convention.
+        intensity_mode: the 8-bit slice normalisation
+            (:func:`tumorseg.transforms.check_intensity_mode`).
 
     Returns:
         True (for use in a config expression).
@@ -224,6 +228,8 @@ def check_settings(
         check_device(device)
     if regions is not None:
         check_regions(regions, label_convention or None)
+    if intensity_mode is not None:
+        check_intensity_mode(intensity_mode)
     if roi_size is not None:
         if network is not None:
             check_roi_size(network, roi_size, in_channels=in_channels)
