@@ -15,6 +15,11 @@ scored. ``TRAIN=1`` first trains one as the released one was, on the 88 developm
 keeps the manifest, the model, the masks and ``scores.json`` there (default a temporary folder).
 Without ``DATA`` the section says how to run it and nothing else happens: the data is not in
 the repository.
+
+``SWEEP=0.3,0.4,0.5,0.6,0.7`` instead chooses the threshold on development data: the fold
+``FOLD`` (default 0) patients of the 88, segmented by ``tumorseg infer`` with the weights of
+``LGG_CHECKPOINT`` (a model trained without that fold) once per threshold, scored as above. The
+test patients are not read. That is how the bundle's ``threshold`` 0.3 was chosen.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "lgg_flair_segmentation_2d"
 SPLIT = REPO.parent / "shared" / "data" / "lgg_kaggle_3m_split.json"
 TITLE = "## LGG kaggle_3m, real patients (22 held-out test patients)"
+SWEEP_TITLE = "## LGG kaggle_3m, threshold chosen on a development fold"
 
 
 def _tumorseg(*args: str) -> None:
@@ -64,12 +71,70 @@ def _train(manifest: Path, data: str, models: Path, network: str) -> float:
     return time.perf_counter() - start
 
 
+def _segment_and_score(
+    data: str,
+    patients: list[str],
+    checkpoint: Path,
+    network: str,
+    work: Path,
+    name: str,
+    overrides: tuple[str, ...] = (),
+) -> tuple[dict[str, Any], float]:
+    """``tumorseg infer`` on ``patients`` only (a folder of links to theirs), then their Dice."""
+    from tumorseg.metrics.lgg import score_mask_folders
+
+    inputs = work / f"{name}_inputs"
+    inputs.mkdir(exist_ok=True)
+    root = Path(data) / "kaggle_3m" if (Path(data) / "kaggle_3m").is_dir() else Path(data)
+    for patient in patients:
+        link = inputs / patient
+        if not link.exists():
+            link.symlink_to((root / patient).resolve(), target_is_directory=True)
+    masks = work / f"{name}_masks"
+    args = ["infer", "--bundle", str(BUNDLE), "--input", str(inputs), "--output", str(masks),
+            "--checkpoint", str(checkpoint), "--overwrite"]  # fmt: skip
+    if network:
+        args += ["--config-file", f"networks/{network}.json"]
+    for override in overrides:
+        args += ["--override", override]
+    start = time.perf_counter()
+    _tumorseg(*args)
+    infer_s = time.perf_counter() - start
+    return score_mask_folders(masks, root, patients), infer_s
+
+
+def _sweep(data: str, listed: dict[str, Any], network: str, work: Path) -> str:
+    """Per-patient Dice of one development fold at each threshold of ``SWEEP``."""
+    from tumorseg.metrics.lgg import summarise_patient_dice
+
+    fold = int(os.environ.get("FOLD") or 0)
+    checkpoint = os.environ.get("LGG_CHECKPOINT", "")
+    if not checkpoint:
+        needs = f"SWEEP needs LGG_CHECKPOINT, a model trained without fold {fold}"
+        return f"{SWEEP_TITLE}\n\nskipped: {needs}\n"
+    patients = sorted({t["patient"] for t in listed["training"] if t.get("fold") == fold})
+    rows = []
+    for value in (float(v) for v in os.environ["SWEEP"].split(",")):
+        scores, _ = _segment_and_score(
+            data, patients, Path(checkpoint), network, work, f"fold{fold}_t{value:g}",
+            (f"threshold={value}",),
+        )  # fmt: skip
+        summary = summarise_patient_dice(scores["patient"])
+        rows.append(f"| {value:g} | {summary['mean']:.4f} | {summary['median']:.4f} |")
+    return "\n".join([
+        SWEEP_TITLE, "",
+        f"fold {fold}: {len(patients)} development patients; checkpoint `{checkpoint}`; flip TTA "
+        "and the bundle's post-processing, per-patient 3D Dice", "",
+        "| threshold | mean | median |", "|---|---|---|", *rows,
+    ]) + "\n"  # fmt: skip
+
+
 def run() -> str:
     """Run the benchmark (see the module docstring); returns its markdown section."""
     data = os.environ.get("DATA", "")
     if not data:
         return f"{TITLE}\n\nskipped: run `make bench BENCH=lgg_real DATA=<kaggle_3m folder>`\n"
-    from tumorseg.metrics.lgg import score_mask_folders, summarise_patient_dice
+    from tumorseg.metrics.lgg import summarise_patient_dice
 
     split_file = Path(os.environ.get("SPLIT", str(SPLIT)))
     network = os.environ.get("LGG_NETWORK", "")
@@ -78,6 +143,8 @@ def run() -> str:
     manifest = work / "manifest.json"
     _tumorseg("manifest", data, "--split-file", str(split_file), "--verify", "-o", str(manifest))
     listed = json.loads(manifest.read_text())
+    if os.environ.get("SWEEP"):
+        return _sweep(data, listed, network, work)
     test_patients = sorted({t["patient"] for t in listed["testing"]})
 
     checkpoint = Path(os.environ.get("LGG_CHECKPOINT") or BUNDLE / "models" / "model.pt")
@@ -89,24 +156,9 @@ def run() -> str:
         if not checkpoint.is_file():
             checkpoint = work / "models" / "checkpoint_latest.pt"
 
-    # Only the test patients are handed to inference: a folder of links to their folders.
-    inputs = work / "test_inputs"
-    inputs.mkdir(exist_ok=True)
-    root = Path(data) / "kaggle_3m" if (Path(data) / "kaggle_3m").is_dir() else Path(data)
-    for patient in test_patients:
-        link = inputs / patient
-        if not link.exists():
-            link.symlink_to((root / patient).resolve(), target_is_directory=True)
-    masks = work / "test_masks"
-    args = ["infer", "--bundle", str(BUNDLE), "--input", str(inputs), "--output", str(masks),
-            "--checkpoint", str(checkpoint), "--overwrite"]  # fmt: skip
-    if network:
-        args += ["--config-file", f"networks/{network}.json"]
-    start = time.perf_counter()
-    _tumorseg(*args)
-    infer_s = time.perf_counter() - start
-
-    scores = score_mask_folders(masks, root, test_patients)
+    scores, infer_s = _segment_and_score(
+        data, sorted(test_patients), checkpoint, network, work, "test"
+    )
     summary = summarise_patient_dice(scores["patient"])
     record = {
         "network": network or "unet2d (default)",
