@@ -315,8 +315,11 @@ def test_ddp_validation_dice_equals_single_process_evaluation(dataset: Path, ddp
     single = {k: float(v) for k, v in (row.split(",") for row in rows)}
     per_case = (ddp_run / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
     assert len(per_case) == 1 + 3  # the same 3 validation cases, each counted once
+    # Not bit-equal: the two runs' forward passes differ in process layout and thread count,
+    # so voxels near the threshold can flip (a fresh-clone `make test` saw ET differ by 1.2e-6).
+    # A case counted twice or dropped moves these means by orders of magnitude more.
     for key in ("val_mean_dice", "val_dice_wt", "val_dice_tc", "val_dice_et"):
-        assert logged[key] == pytest.approx(single[key], abs=1e-6), key
+        assert logged[key] == pytest.approx(single[key], abs=1e-4), key
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:
