@@ -215,3 +215,17 @@ def test_validation_names_and_run_checks(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs an experiment name"):
         log_evaluation_run({}, experiment_name="", tracking_uri=uri)
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store was touched
+
+
+def test_a_run_whose_params_the_store_refuses_ends_failed(tmp_path: Path) -> None:
+    # The params are logged when the run is opened (tracking.store.create_run, shared with the
+    # cross-validation parent): a refusal there must not leave a run RUNNING in the store.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(Exception, match="bad!name"):
+        log_evaluation_run(
+            {"val_dice_wt": 0.5}, experiment_name="E", tracking_uri=uri, params={"bad!name": 1}
+        )
+    runs = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("E").experiment_id]
+    )
+    assert [r.info.status for r in runs] == ["FAILED"]

@@ -19,14 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from tumorseg.metrics.regions import REGION_STRUCTURES, metric_key
-from tumorseg.tracking.store import (
-    create_run,
-    flatten_params,
-)
+from tumorseg.tracking.store import create_run
 
 __all__ = ["log_evaluation_run", "validation_metrics"]
-
-_PARAMS_PER_BATCH = 100
 
 
 def validation_metrics(
@@ -97,7 +92,7 @@ def log_evaluation_run(
             a tag that replaces ``tumorseg.kind``.
         TrackingUnavailableError: the store cannot be reached (nothing was logged).
     """
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
     if not experiment_name:
         raise ValueError("an evaluation run needs an experiment name, got ''")
@@ -111,21 +106,18 @@ def log_evaluation_run(
         raise ValueError(
             f"tag tumorseg.kind is set by tumorseg (evaluation), got {tags['tumorseg.kind']!r}"
         )
-    client, run, env = create_run(
+    client, run = create_run(
         tracking_uri,
         experiment_name,
         "evaluation",
         run_name=run_name,
         name_prefix="eval",
         tags=tags,
+        params=params,
     )
     run_id = run.info.run_id
     status = "FAILED"
     try:
-        values = {**flatten_params(params), **env}
-        batch = [Param(k, v) for k, v in values.items()]
-        for i in range(0, len(batch), _PARAMS_PER_BATCH):
-            client.log_batch(run_id, params=batch[i : i + _PARAMS_PER_BATCH])
         now = run.info.start_time
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
         for path in artifacts:

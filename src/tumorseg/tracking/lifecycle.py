@@ -29,6 +29,7 @@ from ignite.engine import Engine
 from tumorseg.io import atomic_write_text
 from tumorseg.tracking.settings import run_name as make_run_name
 from tumorseg.tracking.store import (
+    PARAMS_PER_BATCH,
     check_tracking_uri,
     client_timeouts,
     environment_params,
@@ -57,7 +58,6 @@ KINDS = ("training", "evaluation")
 #: File in the checkpoint folder naming the run a training logs to (resume continues it).
 RUN_RECORD = "mlflow_run.json"
 #: MLflow's batch limit on params (``mlflow.utils.validation``).
-_PARAMS_PER_BATCH = 100
 
 
 def read_run_record(ckpt_dir: str | os.PathLike) -> dict[str, str] | None:
@@ -385,11 +385,11 @@ class TrackedRun:
                 "MLflow: resumed run keeps its first params; changed values recorded as tags: %s",
                 ", ".join(f"{t.key}={t.value}" for t in changed),
             )
-        for i in range(0, max(len(new), len(changed)), _PARAMS_PER_BATCH):
+        for i in range(0, max(len(new), len(changed)), PARAMS_PER_BATCH):
             self.client.log_batch(
                 self.run_id,
-                params=new[i : i + _PARAMS_PER_BATCH],
-                tags=changed[i : i + _PARAMS_PER_BATCH],
+                params=new[i : i + PARAMS_PER_BATCH],
+                tags=changed[i : i + PARAMS_PER_BATCH],
             )
 
     def end(self, status: str, *, reachable: bool) -> None:

@@ -16,10 +16,7 @@ import statistics
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from tumorseg.tracking.store import (
-    create_run,
-    flatten_params,
-)
+from tumorseg.tracking.store import create_run
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -97,21 +94,16 @@ def fold_parent(
     Raises:
         TrackingUnavailableError: the store cannot be reached (before anything is trained).
     """
-    from mlflow.entities import Param
-
-    client, run, env = create_run(
+    client, run = create_run(
         tracking_uri,
         experiment_name,
         "cross-validation",
         run_name=run_name,
         name_prefix="cv",
         tags=tags,
+        params=params,
     )
     run_id = run.info.run_id
-    values = {**flatten_params(params), **env}
-    batch = [Param(k, v) for k, v in values.items()]
-    for i in range(0, len(batch), 100):
-        client.log_batch(run_id, params=batch[i : i + 100])
     status = "FAILED"
     try:
         yield run_id

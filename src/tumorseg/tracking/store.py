@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Experiment, Run
 
 __all__ = [
+    "PARAMS_PER_BATCH",
     "create_run",
     "TrackingUnavailableError",
     "check_tracking_uri",
@@ -244,6 +245,10 @@ def flatten_params(params: Mapping[str, Any] | None, prefix: str = "") -> dict[s
     return out
 
 
+#: Params per MLflow ``log_batch`` call (the REST API accepts at most 100).
+PARAMS_PER_BATCH = 100
+
+
 def create_run(
     tracking_uri: str,
     experiment_name: str,
@@ -252,16 +257,21 @@ def create_run(
     run_name: str = "",
     name_prefix: str = "run",
     tags: Mapping[str, Any] | None = None,
-) -> tuple[MlflowClient, Run, dict[str, str]]:
-    """Open a run of ``kind`` in ``experiment_name`` (created if needed) with tumorseg's tags.
+    params: Mapping[str, Any] | None = None,
+) -> tuple[MlflowClient, Run]:
+    """Open a run of ``kind`` in ``experiment_name`` (created if needed) with tumorseg's tags,
+    and log ``params`` (:func:`flatten_params`) with :func:`environment_params`.
 
     Returns:
-        The client, the new run and :func:`environment_params` (to log as params).
+        The client and the new, running run.
 
     Raises:
         TrackingUnavailableError: the store cannot be reached.
+        Exception: whatever the store raised while logging the params; the run is then ended
+            ``FAILED`` rather than left running.
     """
     import mlflow
+    from mlflow.entities import Param
 
     uri = check_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient(uri)
@@ -272,4 +282,11 @@ def create_run(
         run_name=run_name or make_run_name(name_prefix),
         tags=run_tags(kind, commit=env["git_commit"], extra=tags),
     )
-    return client, run, env
+    batch = [Param(k, v) for k, v in {**flatten_params(params), **env}.items()]
+    try:
+        for i in range(0, len(batch), PARAMS_PER_BATCH):
+            client.log_batch(run.info.run_id, params=batch[i : i + PARAMS_PER_BATCH])
+    except BaseException:
+        client.set_terminated(run.info.run_id, "FAILED")
+        raise
+    return client, run
