@@ -59,6 +59,7 @@ __all__ = [
     "LabelConvention",
     "OPTIONAL_REGIONS",
     "check_regions",
+    "conventions_with",
     "convert_labels",
     "get_convention",
     "region_output_conventions",
@@ -267,8 +268,7 @@ def check_regions(
         for region in extra:
             lacking = [c for c in OPTIONAL_REGIONS[region] if c not in conv.classes]
             if lacking:
-                needed = set(OPTIONAL_REGIONS[region])
-                having = [n for n, c in CONVENTIONS.items() if needed <= set(c.classes)]
+                having = list(conventions_with(OPTIONAL_REGIONS[region]))
                 raise ValueError(
                     f"region {region} needs label class(es) {lacking}, which label convention "
                     f"{conv.name!r} does not have (its classes: {sorted(conv.classes)}); train "
@@ -278,9 +278,14 @@ def check_regions(
     return names
 
 
+def conventions_with(classes: Sequence[str]) -> tuple[str, ...]:
+    """Names of the conventions that have every one of ``classes`` (``["RC"]``: ``brats2024``)."""
+    return tuple(n for n, c in CONVENTIONS.items() if set(classes) <= set(c.classes))
+
+
 def region_output_conventions() -> tuple[str, ...]:
     """Conventions a region network's output can be written in: those with NCR, ED and ET."""
-    return tuple(n for n, c in CONVENTIONS.items() if set(CLASSES) <= set(c.classes))
+    return conventions_with(CLASSES)
 
 
 def convert_labels(

@@ -7,7 +7,12 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from tumorseg.conventions import check_regions, convert_labels
+from tumorseg.conventions import (
+    check_regions,
+    conventions_with,
+    convert_labels,
+    region_output_conventions,
+)
 from tumorseg.transforms import (
     LabelsToRegions,
     LabelsToRegionsd,
@@ -107,3 +112,10 @@ def test_region_names_are_case_insensitive_and_may_be_one_string() -> None:
 def test_channel_count_must_match_the_names() -> None:
     with pytest.raises(ValueError, match=r"expected 4 region channels .* got shape \(3, 2\)"):
         regions_to_labels(np.zeros((3, 2)), "brats2024", region_names=RC4)
+
+
+def test_conventions_are_found_by_their_classes() -> None:
+    assert conventions_with(["RC"]) == ("brats2024",)
+    assert "brats2024menrt" not in region_output_conventions()
+    assert {"brats2021", "brats2023", "msd", "brats2024"} <= set(region_output_conventions())
+    assert conventions_with(["NCR", "RC", "GTV"]) == ()

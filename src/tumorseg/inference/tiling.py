@@ -13,9 +13,10 @@ needs enough context around each voxel. Two ways to spend less compute than MONA
 * ``whole``: the whole crop in one forward pass, zero-padded (as background is after
   normalisation) to a size the network's downsampling divides (:func:`size_multiple`). No
   voxel is computed twice. The network's instance normalisation then takes its statistics
-  over the whole crop instead of one window: with the demo's synthetic-trained model on a
-  ~7-window real block that moved the masks to Dice 0.38-0.58 of the windowed reference;
-  for a crop a window nearly covers it is not measured with a trained model
+  over the whole crop instead of one window, which moves a trained model's masks: with the
+  demo's synthetic-trained model, to Dice 0.38-0.58 of the windowed reference on a ~7-window
+  real block, and still to 0.92-0.96 on average (0.58 at worst) on crops of at most 2 windows,
+  the ones ``auto`` runs whole; Dice against the labels moved by at most 0.0034 there
   (``docs/benchmarks.md``).
 * ``auto``: ``whole`` when the padded crop has at most ``max_whole_voxels`` voxels (memory grows
   with it) *and* at most ``max_whole_ratio`` (2) times a window's, else ``windows``. The ratio

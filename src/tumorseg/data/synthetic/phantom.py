@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from tumorseg.conventions import CHANNEL_ORDER, CONVENTIONS, LabelConvention, get_convention
+from tumorseg.conventions import CHANNEL_ORDER, LabelConvention, conventions_with, get_convention
 from tumorseg.data.synthetic.anatomy import (
     _ORIENTATION_AXES,
     _TISSUE_CODE,
@@ -160,7 +160,7 @@ def _check_contrast(contrast: Mapping[str, Mapping[str, float]] | None) -> dict[
 
 def _check_resection_cavity(resection_cavity: bool, conv: LabelConvention) -> None:
     if resection_cavity and "RC" not in conv.classes:
-        having = sorted(n for n, c in CONVENTIONS.items() if "RC" in c.classes)
+        having = sorted(conventions_with(["RC"]))
         raise ValueError(
             f"resection_cavity needs a label convention with a resection cavity (one of "
             f"{having}), got label_convention={conv.name!r}"
