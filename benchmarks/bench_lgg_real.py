@@ -107,14 +107,26 @@ def _sweep(data: str, listed: dict[str, Any], network: str, work: Path) -> str:
     """Per-patient Dice of one development fold at each threshold of ``SWEEP``."""
     from tumorseg.metrics.lgg import summarise_patient_dice
 
-    fold = int(os.environ.get("FOLD") or 0)
+    try:
+        fold = int(os.environ.get("FOLD") or 0)
+        thresholds = [float(v) for v in os.environ["SWEEP"].split(",")]
+    except ValueError:
+        raise SystemExit(
+            f"SWEEP must be thresholds like 0.3,0.5 and FOLD a fold number, got "
+            f"SWEEP={os.environ['SWEEP']!r} FOLD={os.environ.get('FOLD')!r}"
+        ) from None
+    if not all(0.0 < t < 1.0 for t in thresholds):
+        raise SystemExit(f"SWEEP thresholds must lie in (0, 1), got {thresholds}")
     checkpoint = os.environ.get("LGG_CHECKPOINT", "")
     if not checkpoint:
         needs = f"SWEEP needs LGG_CHECKPOINT, a model trained without fold {fold}"
         return f"{SWEEP_TITLE}\n\nskipped: {needs}\n"
     patients = sorted({t["patient"] for t in listed["training"] if t.get("fold") == fold})
+    if not patients:
+        folds = sorted({t.get("fold") for t in listed["training"]})
+        raise SystemExit(f"FOLD={fold} has no development patient; the manifest's folds: {folds}")
     rows = []
-    for value in (float(v) for v in os.environ["SWEEP"].split(",")):
+    for value in thresholds:
         scores, _ = _segment_and_score(
             data, patients, Path(checkpoint), network, work, f"fold{fold}_t{value:g}",
             (f"threshold={value}",),
