@@ -277,3 +277,56 @@ def test_infer_names_a_missing_or_unfitting_checkpoint(
     err = capsys.readouterr().err
     assert f"checkpoint {ckpt} does not fit the bundle's network (UNet with channels=" in err
     assert "shape mismatch(es): model." in err
+
+
+def test_infer_with_two_checkpoints_averages_both_members(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every pixel: one member says 1, the other 0, so the mean probability is 0.5. The default
+    threshold (0.3) puts it in, 0.6 out; one member alone would give all-in or all-out."""
+    generate_kaggle_3m(
+        tmp_path / "in", num_patients=1, shape=(32, 32, 16), seed=3, with_masks=False
+    )
+    sure, never = _checkpoint(tmp_path / "in.pt", 1e4), _checkpoint(tmp_path / "out.pt", -1e4)
+    for threshold, value in ((None, 255), (0.6, 0)):
+        out = tmp_path / f"out{value}"
+        more = ["--checkpoint", str(never)]
+        if threshold is not None:
+            more += ["--override", f"threshold={threshold}"]
+        assert main(_infer(tmp_path / "in", out, sure, *more)) == 0, capsys.readouterr().err
+        masks = [np.array(Image.open(p)) for p in sorted(out.rglob("*_mask.tif"))]
+        assert len(masks) == 16 and all((m == value).all() for m in masks)
+
+
+def test_infer_picks_the_ensemble_network_of_a_packed_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tumorseg.checkpoint_meta import CheckpointMeta, checkpoint_with_meta
+    from tumorseg.networks import pack_members
+
+    generate_kaggle_3m(
+        tmp_path / "in", num_patients=1, shape=(32, 32, 16), seed=3, with_masks=False
+    )
+    meta = CheckpointMeta(
+        network_name="unet2d",
+        network_settings={"channels": CHANNELS},
+        preprocessing_settings={"intensity_mode": "zscore"},
+        data_format="kaggle_3m",
+        regions=["abnormality"],
+    )
+    members = []
+    for name, bias in (("in", 1e4), ("out", -1e4)):
+        plain = torch.load(_checkpoint(tmp_path / f"{name}.pt", bias), weights_only=True)
+        torch.save(checkpoint_with_meta({"network": plain}, meta), tmp_path / f"{name}.pt")
+        members.append(tmp_path / f"{name}.pt")
+    packed = tmp_path / "packed.pt"
+    pack_members(members, packed)
+    # No --override channels and no network file: the packed file's description sets both.
+    args = ["infer", "--bundle", str(BUNDLE), "--input", str(tmp_path / "in"), "--device", "cpu"]
+    args += ["--checkpoint", str(packed)]
+    for threshold, value in (("0.3", 255), ("0.6", 0)):
+        out = tmp_path / f"out{value}"
+        argv = [*args, "--output", str(out), "--override", f"threshold={threshold}"]
+        assert main(argv) == 0, capsys.readouterr().err
+        masks = [np.array(Image.open(p)) for p in sorted(out.rglob("*_mask.tif"))]
+        assert len(masks) == 16 and all((m == value).all() for m in masks)

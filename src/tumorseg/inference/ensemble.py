@@ -32,6 +32,7 @@ from tumorseg.inference.postprocess import PostprocessRules, label_map, rules_ne
 from tumorseg.inference.predictor import Predictor
 from tumorseg.inference.results import PROBABILITIES_DIR
 from tumorseg.inference.writer import label_image, write_label_atomic, write_probabilities_atomic
+from tumorseg.networks import ProbabilityMeanEnsemble
 from tumorseg.training.checkpoint import load_network_weights
 from tumorseg.training.cv import CV_STATE, fold_checkpoints
 
@@ -72,6 +73,14 @@ class EnsemblePredictor(Predictor):
             )
             state = self.network.state_dict()
             self._states.append({k: v.detach().to("cpu", copy=True) for k, v in state.items()})
+        if self.data_format == "kaggle_3m":
+            # kaggle_3m slices go straight to self.network (not through _probabilities): the
+            # members become one network averaging their probabilities.
+            ensemble = ProbabilityMeanEnsemble(self.network, num_members=len(self._states))
+            for member, state in zip(ensemble.members, self._states, strict=True):
+                member.load_state_dict(state)
+            self.network = ensemble.to(self.device).eval()
+            self._states = []
 
     def _probabilities(self, image: Any) -> torch.Tensor:
         """Mean of the members' probabilities, summed member by member (bounded memory)."""

@@ -4,6 +4,8 @@
 * :class:`ResEncUNet`: U-Net with a MedicalNet-compatible 3D ResNet encoder;
 * :class:`MobileNetV2Encoder`: torchvision-named MobileNetV2 encoders, registered on import as
   MONAI ``FlexibleUNet`` backbones ``mobilenetv2_035`` ... ``mobilenetv2_140``;
+* :class:`ProbabilityMeanEnsemble`, :func:`pack_members`: trained copies of one network as one
+  network and one checkpoint (a released ensemble);
 * :class:`AutocastInferer`: bfloat16 autocast on CPUs that compute it natively;
 * :func:`load_pretrained`: the one loader of pretrained weights (own checkpoints, MedicalNet,
   self-supervised Swin encoders), with a :class:`LoadReport`;
@@ -15,6 +17,7 @@ The network choice of the bundle is a config file: ``configs/networks/*.json``.
 
 from __future__ import annotations
 
+from tumorseg.networks.ensemble import ENSEMBLE_SETTING, ProbabilityMeanEnsemble, pack_members
 from tumorseg.networks.finetune import (
     ENCODER_PREFIXES,
     FreezeEncoder,
@@ -50,6 +53,7 @@ from tumorseg.networks.transunet import TransUNet
 
 __all__ = [
     "ENCODER_PREFIXES",
+    "ENSEMBLE_SETTING",
     "INFERENCE_PRECISIONS",
     "INVERTED_RESIDUAL_SETTINGS",
     "MOBILENETV2_WIDTHS",
@@ -61,6 +65,7 @@ __all__ = [
     "LoadReport",
     "MobileNetV2Encoder",
     "PretrainedMismatchError",
+    "ProbabilityMeanEnsemble",
     "ResEncUNet",
     "TransUNet",
     "autocast_dtype",
@@ -70,6 +75,7 @@ __all__ = [
     "encoder_prefix_for",
     "load_pretrained",
     "name_map_for",
+    "pack_members",
     "param_groups",
     "pretrained_network",
     "read_state_dict",
