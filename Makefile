@@ -60,10 +60,11 @@ test-slow: install
 	$(VENV)/bin/pytest -m slow -q -n $(TEST_WORKERS)
 
 # Real-data benchmarks take the data folder: make bench BENCH=lgg_real DATA=/data/kaggle_3m
-# [TRAIN=1] [LGG_NETWORK=transunet] [LGG_CHECKPOINT=path] [WORK=dir] (benchmarks/bench_lgg_real.py);
+# [TRAIN=1 [SEEDS=0,1]] [LGG_NETWORK=transunet] [LGG_CHECKPOINT=path] [WORK=dir]
+# (benchmarks/bench_lgg_real.py; SEEDS packs one model per seed into an ensemble);
 # SWEEP=0.3,0.5 [FOLD=0] with LGG_CHECKPOINT=<fold model> chooses the threshold on a dev fold.
 bench: install
-	DATA="$(DATA)" TRAIN="$(TRAIN)" LGG_NETWORK="$(LGG_NETWORK)" \
+	DATA="$(DATA)" TRAIN="$(TRAIN)" SEEDS="$(SEEDS)" LGG_NETWORK="$(LGG_NETWORK)" \
 	  LGG_CHECKPOINT="$(LGG_CHECKPOINT)" WORK="$(WORK)" SWEEP="$(SWEEP)" FOLD="$(FOLD)" \
 	  $(PY) benchmarks/run.py $(BENCH)
 

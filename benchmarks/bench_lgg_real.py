@@ -9,7 +9,9 @@ anchor's rule (Buda et al. 2019: mean 83.6 %, median 87.3 %).
 
 By default the committed model (``bundles/lgg_flair_segmentation_2d/models/model.pt``) is
 scored. ``TRAIN=1`` first trains one as the released one was, on the 88 development patients
-(the test patients are never read), timing it, and scores that;
+(the test patients are never read), timing it, and scores that; ``SEEDS=0,1`` trains one
+model per seed (``--seed``) and packs them into one ensemble checkpoint
+(:func:`tumorseg.networks.pack_members`, float16), as the released model was made;
 ``LGG_NETWORK=transunet`` (or another ``configs/networks/*.json``) picks the network,
 ``LGG_CHECKPOINT=path`` scores other weights; ``WORK=dir``
 keeps the manifest, the model, the masks and ``scores.json`` there (default a temporary folder).
@@ -50,11 +52,11 @@ def _tumorseg(*args: str) -> None:
 RELEASE_ARGS = ("--fold", "-1", "--epochs", "36", "--val_interval", "1000")
 
 
-def _train(manifest: Path, data: str, models: Path, network: str) -> float:
+def _train(manifest: Path, data: str, models: Path, network: str, seed: int | None = None) -> float:
     """Train on the development patients; returns wall seconds.
 
     ``LGG_TRAIN_ARGS`` (e.g. ``"--fold 0 --epochs 20 --val_interval 2"``) replaces the
-    release settings.
+    release settings; ``seed`` is the bundle's ``seed`` (None: its default).
     """
     configs = [str(BUNDLE / "configs" / "train.json")]
     if network:
@@ -66,9 +68,29 @@ def _train(manifest: Path, data: str, models: Path, network: str) -> float:
            "--bundle_root", str(BUNDLE), "--dataset_dir", data, "--datalist", str(manifest),
            "--ckpt_dir", str(models)]  # fmt: skip
     cmd += os.environ.get("LGG_TRAIN_ARGS", "").split() or list(RELEASE_ARGS)
+    if seed is not None:
+        cmd += ["--seed", str(seed)]
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     return time.perf_counter() - start
+
+
+def _seeds(text: str) -> list[int]:
+    """``SEEDS``: comma-separated distinct integers (empty: the bundle's seed)."""
+    try:
+        seeds = [int(v) for v in text.split(",")] if text.strip() else []
+    except ValueError:
+        raise SystemExit(f"SEEDS must be integers like 0,1, got SEEDS={text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"SEEDS must be distinct, got SEEDS={text!r}")
+    return seeds
+
+
+def _trained(models: Path) -> Path:
+    """A training's weights: without validation (the release settings) no best model.pt is
+    chosen, so the last state."""
+    checkpoint = models / "model.pt"
+    return checkpoint if checkpoint.is_file() else models / "checkpoint_latest.pt"
 
 
 def _segment_and_score(
@@ -162,11 +184,20 @@ def run() -> str:
     checkpoint = Path(os.environ.get("LGG_CHECKPOINT") or BUNDLE / "models" / "model.pt")
     train_s = None
     if os.environ.get("TRAIN", "") in ("1", "true", "yes"):
-        train_s = _train(manifest, data, work / "models", network)
-        # Without validation (the release settings) no best model.pt is chosen: the last state.
-        checkpoint = work / "models" / "model.pt"
-        if not checkpoint.is_file():
-            checkpoint = work / "models" / "checkpoint_latest.pt"
+        seeds = _seeds(os.environ.get("SEEDS", ""))
+        if len(seeds) < 2:
+            train_s = _train(manifest, data, work / "models", network, *seeds)
+            checkpoint = _trained(work / "models")
+        else:
+            from tumorseg.networks import pack_members
+
+            members = []
+            train_s = 0.0
+            for seed in seeds:
+                train_s += _train(manifest, data, work / f"models_seed{seed}", network, seed)
+                members.append(_trained(work / f"models_seed{seed}"))
+            checkpoint = work / "models" / "model.pt"
+            pack_members(members, checkpoint)
 
     scores, infer_s = _segment_and_score(
         data, sorted(test_patients), checkpoint, network, work, "test"
