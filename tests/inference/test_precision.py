@@ -117,3 +117,67 @@ def test_cli_refuses_an_unknown_precision_in_one_line(tmp_path: Path) -> None:
     assert "--precision: invalid choice: 'half'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _dtypes_seen(network: torch.nn.Module) -> tuple[dict[str, list[torch.dtype]], list[Any]]:
+    seen: dict[str, list[torch.dtype]] = {"norm": [], "conv": []}
+
+    def record(kind: str) -> Any:
+        return lambda _m, args: seen[kind].append(args[0].dtype)
+
+    handles = []
+    for module in network.modules():
+        if isinstance(module, torch.nn.InstanceNorm3d | torch.nn.GroupNorm):
+            handles.append(module.register_forward_pre_hook(record("norm")))
+        elif isinstance(module, torch.nn.Conv3d):
+            handles.append(
+                module.register_forward_hook(lambda _m, _a, out: seen["conv"].append(out.dtype))
+            )
+    return seen, handles
+
+
+def _small_net() -> torch.nn.Module:
+    from monai.networks.nets import DynUNet
+
+    return DynUNet(3, 4, 3, [3, 3, 3], [1, 2, 2], [2, 2], norm_name="instance", filters=[4, 8, 16])
+
+
+def test_float32_norms_feeds_norm_layers_float32_under_autocast_and_then_undoes_itself() -> None:
+    from tumorseg.networks import float32_norms
+
+    net = _small_net().eval()
+    keys = list(net.state_dict())
+    seen, _ = _dtypes_seen(net)
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with float32_norms(net):
+            inside = net(x)
+        norms_inside, convs_inside = list(seen["norm"]), list(seen["conv"])
+        seen["norm"].clear()
+        net(x)
+    assert norms_inside and set(norms_inside) == {torch.float32}
+    assert set(convs_inside) == {torch.bfloat16}  # the convolutions stay fast
+    assert set(seen["norm"]) == {torch.bfloat16}  # hooks removed on exit
+    assert list(net.state_dict()) == keys and torch.isfinite(inside).all()
+    # Not a torch module (an ONNX Runtime session): left alone.
+    with float32_norms(lambda t: t) as same:  # type: ignore[arg-type]
+        assert same(1) == 1
+
+
+@pytest.mark.skipif(not cpu_bf16_supported(), reason="the CPU has no native bfloat16")
+@pytest.mark.parametrize("tiling", ["windows", "whole"])
+def test_tiled_inferer_runs_bf16_convolutions_with_float32_norms(tiling: str) -> None:
+    net = _small_net().eval()
+    seen, _ = _dtypes_seen(net)
+    inferer = TiledInferer([16, 16, 16], tiling=tiling, precision="bf16", device="cpu")
+    with torch.no_grad():
+        out = inferer(torch.randn(1, 4, 24, 20, 16), net)
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 24, 20, 16)
+    assert seen["norm"] and set(seen["norm"]) == {torch.float32}
+    assert set(seen["conv"]) == {torch.bfloat16}
+    seen["norm"].clear()
+    with torch.no_grad():
+        TiledInferer([16, 16, 16], tiling=tiling, precision="fp32")(
+            torch.randn(1, 4, 16, 16, 16), net
+        )
+    assert set(seen["norm"]) == {torch.float32}

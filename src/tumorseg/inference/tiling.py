@@ -26,9 +26,10 @@ needs enough context around each voxel. Two ways to spend less compute than MONA
   ``docs/benchmarks.md``).
 
 :class:`TiledInferer` accumulates the blended probabilities' logits in float32 whatever the
-network's autocast dtype (:func:`tumorseg.networks.inference_dtype`). Channels-last-3d memory
-format is not offered: on this project's CPU (oneDNN, AVX-512 BF16) it made a bfloat16 window
-of the nnU-Net-sized DynUNet 8.7x slower (``docs/benchmarks.md``).
+network's autocast dtype (:func:`tumorseg.networks.inference_dtype`); under autocast the
+normalisation layers still run in float32 (:func:`tumorseg.networks.float32_norms`).
+Channels-last-3d memory format is not offered: on this project's CPU (oneDNN, AVX-512 BF16)
+it made a bfloat16 window of the nnU-Net-sized DynUNet 8.7x slower (``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from monai.data.utils import compute_importance_map
 from monai.inferers import SlidingWindowInferer
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
-from tumorseg.networks import inference_dtype
+from tumorseg.networks import float32_norms, inference_dtype
 
 __all__ = [
     "TILINGS",
@@ -202,8 +203,12 @@ class TiledInferer(SlidingWindowInferer):
         return padded <= self.max_whole_voxels and padded <= self.max_whole_ratio * window
 
     def _forward(self, x: torch.Tensor, network: Any) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
+        if self.dtype is None:
             out = network(x)
+        else:
+            # Low-precision convolutions, float32 normalisation (see float32_norms).
+            with torch.autocast(self.device_type, dtype=self.dtype), float32_norms(network):
+                out = network(x)
         if isinstance(out, tuple | list):
             out = out[0]
         return out.float().contiguous()

@@ -39,6 +39,7 @@ from tumorseg.networks.precision import (
     AutocastInferer,
     autocast_dtype,
     cpu_bf16_supported,
+    float32_norms,
     inference_dtype,
 )
 from tumorseg.networks.pretrained import (
@@ -71,6 +72,7 @@ __all__ = [
     "autocast_dtype",
     "cpu_bf16_supported",
     "encoder_parameters",
+    "float32_norms",
     "inference_dtype",
     "encoder_prefix_for",
     "load_pretrained",
