@@ -97,6 +97,20 @@ def test_pack_writes_one_float16_checkpoint_that_loads_into_the_ensemble(
     torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)
 
 
+def test_a_tensor_float16_cannot_hold_stays_float32(tmp_path: Path) -> None:
+    big = _unet(1)
+    variances = [k for k in big.state_dict() if k.endswith("running_var")]
+    big.state_dict()[variances[0]].fill_(2e5)  # BatchNorm variances of real data reach 1e5
+    paths = [_save(_unet(0), tmp_path / "a.pt", _meta()), _save(big, tmp_path / "b.pt", _meta())]
+    pack_members(paths, tmp_path / "m.pt")
+    stored = torch.load(tmp_path / "m.pt", weights_only=True)["network"]
+    assert stored[f"members.1.{variances[0]}"].dtype == torch.float32
+    assert stored[f"members.0.{variances[0]}"].dtype == torch.float16
+    ensemble = ProbabilityMeanEnsemble(_unet(5), num_members=2)
+    load_network_weights(ensemble, tmp_path / "m.pt")
+    assert (ensemble.members[1].state_dict()[variances[0]] == 2e5).all()
+
+
 def test_pack_in_float32_is_exact(tmp_path: Path) -> None:
     a, b = _unet(0), _unet(1)
     paths = [_save(a, tmp_path / "a.pt", _meta()), _save(b, tmp_path / "b.pt", _meta())]
@@ -126,15 +140,10 @@ def test_pack_bad_members_are_named(tmp_path: Path) -> None:
         pack_members(plain, out)
     with pytest.raises(ValueError, match="dtype must be torch.float16 or torch.float32"):
         pack_members([a, a], out, dtype=torch.bfloat16)
-    huge = _unet(1)
-    next(iter(huge.parameters())).data.fill_(1e6)
-    big = _save(huge, tmp_path / "big.pt", _meta())
-    with pytest.raises(ValueError, match="exceeds what torch.float16 holds"):
-        pack_members([a, big], out)
     pack_members([a, a], out)
     with pytest.raises(ValueError, match="already an ensemble"):
         pack_members([out, out], tmp_path / "again.pt")
     # Nothing half-written is left where a refused pack would have written.
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["a.pt", "wide.pt", "u8.pt", "p0.pt", "p1.pt", "big.pt", "out.pt"]
+        ["a.pt", "wide.pt", "u8.pt", "p0.pt", "p1.pt", "out.pt"]
     )

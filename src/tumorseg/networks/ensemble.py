@@ -91,7 +91,8 @@ def pack_members(
     """Write member checkpoints as one checkpoint of a :class:`ProbabilityMeanEnsemble`.
 
     The weights of member ``i`` are stored under ``members.<i>.``, floating-point tensors cast
-    to ``dtype`` (loading casts them back to the network's float32). The description is the
+    to ``dtype`` (loading casts them back to the network's float32), except a tensor with a
+    value ``dtype`` cannot hold, which stays float32. The description is the
     members' (those that carry one must agree) with ``network_name`` ``<name>_ensemble`` and
     the member count in ``network_settings`` as :data:`ENSEMBLE_SETTING`. Members without a
     description (plain weights) must fit the same network; their preprocessing cannot be
@@ -109,8 +110,8 @@ def pack_members(
     Raises:
         FileNotFoundError: a member that does not exist.
         ValueError: fewer than two members, no member with a description, members of other
-            networks, keys or shapes, or with other settings (the files and values named), a
-            weight that ``dtype`` cannot hold, or an unsupported ``dtype``.
+            networks, keys or shapes, or with other settings (the files and values named), or
+            an unsupported ``dtype``.
     """
     paths = [Path(c).expanduser() for c in checkpoints]
     if len(paths) < 2:
@@ -131,15 +132,13 @@ def pack_members(
             )
     meta = _shared_meta(paths)
     packed: dict[str, torch.Tensor] = {}
-    for i, (path, state) in enumerate(zip(paths, states, strict=True)):
+    for i, state in enumerate(states):
         for key, value in state.items():
             if value.is_floating_point():
-                value = value.to(dtype)
-                if not torch.isfinite(value).all():
-                    raise ValueError(
-                        f"{path}: weight {key} exceeds what {dtype} holds; pack with "
-                        "dtype=torch.float32"
-                    )
+                cast = value.to(dtype)
+                # A tensor float16 cannot hold (BatchNorm running variances reach 1e5) stays
+                # float32; it is small.
+                value = cast if torch.isfinite(cast).all() else value.float()
             packed[f"members.{i}.{key}"] = value.contiguous()
     settings = {**meta.network_settings, ENSEMBLE_SETTING: len(paths)}
     packed_meta = replace(
