@@ -14,6 +14,7 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
+from tumorseg.checkpoint_meta import network_config_file, read_meta
 from tumorseg.cli import main
 from tumorseg.data.synthetic_lgg import generate_kaggle_3m
 from tumorseg.metrics.lgg import score_mask_folders
@@ -23,11 +24,19 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "lgg_flair_segmentati
 MODEL = BUNDLE / "models" / "model.pt"
 
 
-def test_released_weights_fit_the_default_network() -> None:
+def test_released_weights_fit_the_network_they_name() -> None:
     assert MODEL.is_file(), f"{MODEL} is the committed release; it must be in the clone"
     assert MODEL.stat().st_size < 25 * 2**20
+    files = [BUNDLE / "configs" / "train.json"]
+    meta = read_meta(MODEL)
+    if meta is not None and meta.network_name != "unet2d":  # e.g. unet2d_ensemble
+        net_file = network_config_file(BUNDLE, meta.network_name)
+        assert net_file is not None, f"no configs/networks file builds {meta.network_name}"
+        files.append(net_file)
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "train.json"))
+    parser.read_config([str(f) for f in files])
+    for key, value in (meta.network_settings if meta is not None else {}).items():
+        parser[key] = value
     network = parser.get_parsed_content("network_def")
     before = {k: v.clone() for k, v in network.state_dict().items()}
     load_network_weights(network, MODEL)  # raises listing any key that does not fit
