@@ -165,15 +165,20 @@ def test_float32_norms_feeds_norm_layers_float32_under_autocast_and_then_undoes_
 
 
 @pytest.mark.skipif(not cpu_bf16_supported(), reason="the CPU has no native bfloat16")
-@pytest.mark.parametrize("tiling", ["windows", "whole"])
-def test_tiled_inferer_runs_bf16_convolutions_with_float32_norms(tiling: str) -> None:
+@pytest.mark.parametrize(
+    ("tiling", "norm_dtype"), [("windows", torch.float32), ("whole", torch.bfloat16)]
+)
+def test_tiled_inferer_runs_bf16_convolutions_with_float32_norms_in_windows(
+    tiling: str, norm_dtype: torch.dtype
+) -> None:
+    """Windows: bf16 convolutions, float32 norms. A whole pass keeps bf16 norms (memory)."""
     net = _small_net().eval()
     seen, _ = _dtypes_seen(net)
     inferer = TiledInferer([16, 16, 16], tiling=tiling, precision="bf16", device="cpu")
     with torch.no_grad():
         out = inferer(torch.randn(1, 4, 24, 20, 16), net)
     assert out.dtype == torch.float32 and out.shape == (1, 3, 24, 20, 16)
-    assert seen["norm"] and set(seen["norm"]) == {torch.float32}
+    assert seen["norm"] and set(seen["norm"]) == {norm_dtype}
     assert set(seen["conv"]) == {torch.bfloat16}
     seen["norm"].clear()
     with torch.no_grad():

@@ -27,7 +27,8 @@ needs enough context around each voxel. Two ways to spend less compute than MONA
 
 :class:`TiledInferer` accumulates the blended probabilities' logits in float32 whatever the
 network's autocast dtype (:func:`tumorseg.networks.inference_dtype`); under autocast the
-normalisation layers still run in float32 (:func:`tumorseg.networks.float32_norms`).
+normalisation layers of windows still run in float32 (:func:`tumorseg.networks.float32_norms`),
+those of a whole pass in the low precision (memory).
 Channels-last-3d memory format is not offered: on this project's CPU (oneDNN, AVX-512 BF16)
 it made a bfloat16 window of the nnU-Net-sized DynUNet 8.7x slower (``docs/benchmarks.md``).
 """
@@ -37,6 +38,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -202,12 +204,13 @@ class TiledInferer(SlidingWindowInferer):
         window = math.prod(ensure_tuple_rep(self.roi_size, len(spatial)))
         return padded <= self.max_whole_voxels and padded <= self.max_whole_ratio * window
 
-    def _forward(self, x: torch.Tensor, network: Any) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, network: Any, *, fp32_norms: bool = True) -> torch.Tensor:
         if self.dtype is None:
             out = network(x)
         else:
-            # Low-precision convolutions, float32 normalisation (see float32_norms).
-            with torch.autocast(self.device_type, dtype=self.dtype), float32_norms(network):
+            with torch.autocast(self.device_type, dtype=self.dtype), ExitStack() as stack:
+                if fp32_norms:
+                    stack.enter_context(float32_norms(network))
                 out = network(x)
         if isinstance(out, tuple | list):
             out = out[0]
@@ -219,7 +222,10 @@ class TiledInferer(SlidingWindowInferer):
         if self.uses_whole(spatial, network):
             multiple = size_multiple(network, len(spatial))
             x, crop = _pad_to(inputs, padded_size(spatial, multiple))
-            return self._forward(x, network)[_at(crop)]
+            # Norms stay in the low precision here: float32 norm outputs over a whole crop took
+            # the equal network's peak RSS from 3.1 to 4.4 GB, and a whole pass moves the masks
+            # through its instance-norm statistics far more than precision does.
+            return self._forward(x, network, fp32_norms=False)[_at(crop)]
         roi = [int(r) for r in ensure_tuple_rep(self.roi_size, len(spatial))]
         x, crop = _pad_to(inputs, [max(s, r) for s, r in zip(spatial, roi, strict=True)])
         overlap = min(float(o) for o in ensure_tuple(self.overlap))
