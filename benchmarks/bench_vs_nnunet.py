@@ -24,6 +24,7 @@ on the held-out studies (also scored against their labels) and on the shared rea
 of each precision and tiling against the reference, one factor at a time. ``PART=passes``: the
 equal network's float32 whole pass vs its windows on one real crop (network time only).
 ``PART=compile``: one window, eager vs ``torch.compile``, float32 and bfloat16.
+``PART=norms``: bfloat16 windows with the norm layers in bfloat16 or float32 on the real studies.
 ``PART=whole_small``: a whole pass on crops of at most two windows (where ``tiling auto`` takes
 one) against MONAI's windows, with the synthetic-trained model.
 
@@ -736,6 +737,55 @@ def _whole_small() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _norms() -> str:
+    """bfloat16 windows with the norm layers in bfloat16 (autocast alone) or float32 (the
+    defaults, ``float32_norms``), against MONAI's float32 windows on the real studies, with the
+    synthetic-trained demo model: the agreement per study."""
+    from tumorseg.inference import Predictor, TiledInferer
+
+    class _LowPrecisionNorms(TiledInferer):
+        def _forward(self, x: torch.Tensor, network: Any, *, fp32_norms: bool = True) -> Any:
+            return super()._forward(x, network, fp32_norms=False)
+
+    model = Path(os.environ.get("MODEL", REPO / "demo" / "models" / "model.pt"))
+    if not model.is_file():
+        return f"## norms in float32\n\nskipped: no model {model} (set MODEL=)\n"
+    small = {"filters": [8, 16, 32, 64, 128], "roi_size": [32, 32, 32]}
+    cases = {k: v for k, v in REAL_STUDIES.items() if v[0].is_file()}
+
+    def predictor(**kw: Any) -> Predictor:
+        return Predictor.from_bundle(BUNDLE, checkpoint=model, device="cpu", **kw)
+
+    ref = predictor(overrides={**small, "inferer": "@validate#inferer"})
+    ref_masks = {c: ref.predict_case(f, case_id=c).label for c, f in cases.items()}
+    fast = predictor(overrides=small, precision="bf16", tiling="windows")
+    low = predictor(overrides=small, precision="bf16", tiling="windows")
+    roi, inferer = list(small["roi_size"]), fast.inferer
+    low.inferer = _LowPrecisionNorms(
+        roi, inferer.sw_batch_size, inferer.overlap, inferer.mode, tiling="windows",
+        precision="bf16",
+    )  # fmt: skip
+    lines = [
+        "## bfloat16 windows: norm layers in bfloat16 or float32 (`bench_vs_nnunet`, PART=norms)",
+        "",
+        f"Model {model} (synthetic training, windows 32^3); reference MONAI SlidingWindowInferer "
+        "fp32, overlap 0.5, Gaussian. Mask Dice with the reference, WT / TC / ET.",
+        "",
+        "| variant | " + " | ".join(cases) + " | seconds |",
+        "|---|" + "---|" * len(cases) + "---|",
+    ]
+    for name, p in (("bf16, norms bf16", low), ("bf16, norms float32 (defaults)", fast)):
+        start = time.perf_counter()
+        cells = []
+        for cid, files in cases.items():
+            d = _region_dice(p.predict_case(files, case_id=cid).label, ref_masks[cid])
+            cells.append(" / ".join(f"{d[r]:.4f}" for r in REGIONS))
+        took = time.perf_counter() - start
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {took:.0f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
 #: PART names -> the function measuring that part.
 PARTS = {
     "accuracy": _accuracy,
@@ -744,6 +794,7 @@ PARTS = {
     "decompose": _decompose,
     "compile": _compile,
     "whole_small": _whole_small,
+    "norms": _norms,
 }
 
 
