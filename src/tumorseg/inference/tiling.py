@@ -223,7 +223,7 @@ class TiledInferer(SlidingWindowInferer):
             multiple = size_multiple(network, len(spatial))
             x, crop = _pad_to(inputs, padded_size(spatial, multiple))
             # Norms stay in the low precision here: float32 norm outputs over a whole crop took
-            # the equal network's peak RSS from 3.1 to 4.4 GB, and a whole pass moves the masks
+            # the equal network's peak RSS from 3.0 to 4.4 GB, and a whole pass moves the masks
             # through its instance-norm statistics far more than precision does.
             return self._forward(x, network, fp32_norms=False)[_at(crop)]
         roi = [int(r) for r in ensure_tuple_rep(self.roi_size, len(spatial))]
