@@ -57,7 +57,6 @@ logger = logging.getLogger(__name__)
 KINDS = ("training", "evaluation")
 #: File in the checkpoint folder naming the run a training logs to (resume continues it).
 RUN_RECORD = "mlflow_run.json"
-#: MLflow's batch limit on params (``mlflow.utils.validation``).
 
 
 def read_run_record(ckpt_dir: str | os.PathLike) -> dict[str, str] | None:
