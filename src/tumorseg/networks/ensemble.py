@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tumorseg.checkpoint_meta import CheckpointMeta, checkpoint_with_meta, read_meta
+from tumorseg.checkpoint_meta import CheckpointMeta, checkpoint_with_meta, load_checkpoint, meta_of
 from tumorseg.io import atomic_path
-from tumorseg.networks.pretrained import read_state_dict
+from tumorseg.networks.pretrained import weights_of
 
 __all__ = [
     "ENSEMBLE_SETTING",
@@ -118,7 +118,11 @@ def pack_members(
         raise ValueError(f"an ensemble needs two or more member checkpoints, got {len(paths)}")
     if dtype not in (torch.float16, torch.float32):
         raise ValueError(f"dtype must be torch.float16 or torch.float32, got {dtype}")
-    states = [read_state_dict(p) for p in paths]
+    loaded = [load_checkpoint(p) for p in paths]  # each file read once: weights and description
+    states = [
+        weights_of(obj, source=f"checkpoint {p}") for p, obj in zip(paths, loaded, strict=True)
+    ]
+    metas = [meta_of(obj, source=f"checkpoint {p}") for p, obj in zip(paths, loaded, strict=True)]
     shapes = {k: tuple(v.shape) for k, v in states[0].items()}
     for path, state in zip(paths[1:], states[1:], strict=True):
         other = {k: tuple(v.shape) for k, v in state.items()}
@@ -130,7 +134,7 @@ def pack_members(
                 f"{path} is not the same network as {paths[0]} (e.g. {', '.join(differ[:3])}); "
                 "an ensemble's members must share the network and its settings"
             )
-    meta = _shared_meta(paths)
+    meta = _shared_meta(paths, metas)
     packed: dict[str, torch.Tensor] = {}
     for i, state in enumerate(states):
         for key, value in state.items():
@@ -149,9 +153,9 @@ def pack_members(
     return packed_meta
 
 
-def _shared_meta(paths: Sequence[Path]) -> CheckpointMeta:
+def _shared_meta(paths: Sequence[Path], metas: Sequence[CheckpointMeta | None]) -> CheckpointMeta:
     """The one description the members agree on (see :func:`pack_members`)."""
-    described = [(p, m) for p in paths if (m := read_meta(p)) is not None]
+    described = [(p, m) for p, m in zip(paths, metas, strict=True) if m is not None]
     if not described:
         raise ValueError(
             f"none of {', '.join(str(p) for p in paths)} says what it was trained with (a "
@@ -168,7 +172,7 @@ def _shared_meta(paths: Sequence[Path]) -> CheckpointMeta:
                 )
     if first.network_settings.get(ENSEMBLE_SETTING) is not None:
         raise ValueError(f"{first_path} is already an ensemble; pack its members instead")
-    plain = [str(p) for p in paths if all(p != d for d, _ in described)]
+    plain = [str(p) for p, m in zip(paths, metas, strict=True) if m is None]
     if plain:
         logger.warning(
             "%s carry no description: taken to share %s's preprocessing", plain, first_path

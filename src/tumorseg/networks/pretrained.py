@@ -62,6 +62,7 @@ __all__ = [
     "PretrainedMismatchError",
     "load_pretrained",
     "read_state_dict",
+    "weights_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,6 +178,15 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise ValueError(
             f"cannot load pretrained checkpoint {path}: {type(err).__name__}: {first}"
         ) from None
+    return weights_of(obj, source=f"pretrained checkpoint {path}")
+
+
+def weights_of(obj: Any, *, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The network weights of a loaded checkpoint object, as :func:`read_state_dict` finds them.
+
+    Raises:
+        ValueError: no weights in it (``source`` named).
+    """
     for _ in range(2):  # e.g. {"state_dict": {"model": {...}}}
         if not isinstance(obj, Mapping) or _has_tensors(obj):
             break
@@ -185,7 +195,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             break
         obj = inner
     if not isinstance(obj, Mapping):
-        raise ValueError(f"pretrained checkpoint {path} holds a {type(obj).__name__}, not weights")
+        raise ValueError(f"{source} holds a {type(obj).__name__}, not weights")
     state: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if not torch.is_tensor(value):
@@ -200,7 +210,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         state[name] = value
     if not state:
         keys = list(obj)[:8]
-        raise ValueError(f"pretrained checkpoint {path} has no tensors (top-level keys {keys})")
+        raise ValueError(f"{source} has no tensors (top-level keys {keys})")
     return state
 
 
