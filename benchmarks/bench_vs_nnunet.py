@@ -743,10 +743,6 @@ def _norms() -> str:
     synthetic-trained demo model: the agreement per study."""
     from tumorseg.inference import Predictor, TiledInferer
 
-    class _LowPrecisionNorms(TiledInferer):
-        def _forward(self, x: torch.Tensor, network: Any, *, fp32_norms: bool = True) -> Any:
-            return super()._forward(x, network, fp32_norms=False)
-
     model = Path(os.environ.get("MODEL", REPO / "demo" / "models" / "model.pt"))
     if not model.is_file():
         return f"## norms in float32\n\nskipped: no model {model} (set MODEL=)\n"
@@ -761,9 +757,9 @@ def _norms() -> str:
     fast = predictor(overrides=small, precision="bf16", tiling="windows")
     low = predictor(overrides=small, precision="bf16", tiling="windows")
     roi, inferer = list(small["roi_size"]), fast.inferer
-    low.inferer = _LowPrecisionNorms(
+    low.inferer = TiledInferer(
         roi, inferer.sw_batch_size, inferer.overlap, inferer.mode, tiling="windows",
-        precision="bf16",
+        precision="bf16", fp32_norms=False,
     )  # fmt: skip
     lines = [
         "## bfloat16 windows: norm layers in bfloat16 or float32 (`bench_vs_nnunet`, PART=norms)",

@@ -186,3 +186,13 @@ def test_tiled_inferer_runs_bf16_convolutions_with_float32_norms_in_windows(
             torch.randn(1, 4, 16, 16, 16), net
         )
     assert set(seen["norm"]) == {torch.float32}
+
+
+@pytest.mark.skipif(not cpu_bf16_supported(), reason="the CPU has no native bfloat16")
+def test_tiled_inferer_fp32_norms_false_keeps_autocast_alone() -> None:
+    net = _small_net().eval()
+    seen, _ = _dtypes_seen(net)
+    inferer = TiledInferer([16, 16, 16], tiling="windows", precision="bf16", fp32_norms=False)
+    with torch.no_grad():
+        inferer(torch.randn(1, 4, 24, 20, 16), net)
+    assert seen["norm"] and set(seen["norm"]) == {torch.bfloat16}

@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from contextlib import ExitStack
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -156,6 +156,8 @@ class TiledInferer(SlidingWindowInferer):
         max_whole_ratio: the largest padded crop ``auto`` runs in one pass, in windows.
         precision: one of :data:`tumorseg.networks.INFERENCE_PRECISIONS`.
         device: where the network runs (picks the autocast dtype).
+        fp32_norms: under autocast, feed the norm layers of windows float32
+            (:func:`tumorseg.networks.float32_norms`); a whole pass never does (memory).
 
     Raises:
         ValueError: an unknown ``tiling`` or ``precision``, ``max_whole_voxels < 1`` or
@@ -175,6 +177,7 @@ class TiledInferer(SlidingWindowInferer):
         max_whole_ratio: float = DEFAULT_MAX_WHOLE_RATIO,
         precision: str = "fp32",
         device: torch.device | str = "cpu",
+        fp32_norms: bool = True,
     ) -> None:
         super().__init__(
             roi_size,
@@ -195,6 +198,7 @@ class TiledInferer(SlidingWindowInferer):
         self.precision = precision
         self.dtype = inference_dtype(device, precision)
         self.device_type = torch.device(device).type
+        self.fp32_norms = bool(fp32_norms)
 
     def uses_whole(self, spatial: Sequence[int], network: torch.nn.Module) -> bool:
         """Whether a crop of ``spatial`` runs in one pass."""
@@ -204,14 +208,9 @@ class TiledInferer(SlidingWindowInferer):
         window = math.prod(ensure_tuple_rep(self.roi_size, len(spatial)))
         return padded <= self.max_whole_voxels and padded <= self.max_whole_ratio * window
 
-    def _forward(self, x: torch.Tensor, network: Any, *, fp32_norms: bool = True) -> torch.Tensor:
-        if self.dtype is None:
+    def _forward(self, x: torch.Tensor, network: Any) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
             out = network(x)
-        else:
-            with torch.autocast(self.device_type, dtype=self.dtype), ExitStack() as stack:
-                if fp32_norms:
-                    stack.enter_context(float32_norms(network))
-                out = network(x)
         if isinstance(out, tuple | list):
             out = out[0]
         return out.float().contiguous()
@@ -225,7 +224,7 @@ class TiledInferer(SlidingWindowInferer):
             # Norms stay in the low precision here: float32 norm outputs over a whole crop took
             # the equal network's peak RSS from 3.0 to 4.4 GB, and a whole pass moves the masks
             # through its instance-norm statistics far more than precision does.
-            return self._forward(x, network, fp32_norms=False)[_at(crop)]
+            return self._forward(x, network)[_at(crop)]
         roi = [int(r) for r in ensure_tuple_rep(self.roi_size, len(spatial))]
         x, crop = _pad_to(inputs, [max(s, r) for s, r in zip(spatial, roi, strict=True)])
         overlap = min(float(o) for o in ensure_tuple(self.overlap))
@@ -236,16 +235,20 @@ class TiledInferer(SlidingWindowInferer):
         batch = x.shape[0]
         output: torch.Tensor | None = None
         weight = torch.zeros(x.shape[2:], dtype=torch.float32, device=inputs.device)
-        for first in range(0, len(starts), self.sw_batch_size):
-            group = starts[first : first + self.sw_batch_size]
-            windows = [tuple(slice(s, s + r) for s, r in zip(c, roi, strict=True)) for c in group]
-            logits = self._forward(torch.cat([x[_at(w)] for w in windows]), network)
-            if output is None:
-                output = torch.zeros(
-                    (batch, logits.shape[1], *x.shape[2:]), dtype=torch.float32, device=x.device
-                )
-            for i, window in enumerate(windows):
-                output[_at(window)] += logits[i * batch : (i + 1) * batch] * importance
-                weight[window] += importance
+        low = self.fp32_norms and self.dtype is not None
+        with float32_norms(network) if low else nullcontext():  # hooks set once per study
+            for first in range(0, len(starts), self.sw_batch_size):
+                group = starts[first : first + self.sw_batch_size]
+                windows = [
+                    tuple(slice(s, s + r) for s, r in zip(c, roi, strict=True)) for c in group
+                ]
+                logits = self._forward(torch.cat([x[_at(w)] for w in windows]), network)
+                if output is None:
+                    output = torch.zeros(
+                        (batch, logits.shape[1], *x.shape[2:]), dtype=torch.float32, device=x.device
+                    )
+                for i, window in enumerate(windows):
+                    output[_at(window)] += logits[i * batch : (i + 1) * batch] * importance
+                    weight[window] += importance
         assert output is not None
         return (output / weight)[_at(crop)]
