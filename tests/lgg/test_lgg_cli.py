@@ -298,15 +298,11 @@ def test_infer_with_two_checkpoints_averages_both_members(
         assert len(masks) == 16 and all((m == value).all() for m in masks)
 
 
-def test_infer_picks_the_ensemble_network_of_a_packed_checkpoint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _packed_checkpoint(tmp_path: Path) -> Path:
+    """A packed ensemble of two bundle U-Nets: one says every pixel is in, the other out."""
     from tumorseg.checkpoint_meta import CheckpointMeta, checkpoint_with_meta
     from tumorseg.networks import pack_members
 
-    generate_kaggle_3m(
-        tmp_path / "in", num_patients=1, shape=(32, 32, 16), seed=3, with_masks=False
-    )
     meta = CheckpointMeta(
         network_name="unet2d",
         network_settings={"channels": CHANNELS},
@@ -321,6 +317,16 @@ def test_infer_picks_the_ensemble_network_of_a_packed_checkpoint(
         members.append(tmp_path / f"{name}.pt")
     packed = tmp_path / "packed.pt"
     pack_members(members, packed)
+    return packed
+
+
+def test_infer_picks_the_ensemble_network_of_a_packed_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generate_kaggle_3m(
+        tmp_path / "in", num_patients=1, shape=(32, 32, 16), seed=3, with_masks=False
+    )
+    packed = _packed_checkpoint(tmp_path)
     # No --override channels and no network file: the packed file's description sets both.
     args = ["infer", "--bundle", str(BUNDLE), "--input", str(tmp_path / "in"), "--device", "cpu"]
     args += ["--checkpoint", str(packed)]
@@ -328,5 +334,34 @@ def test_infer_picks_the_ensemble_network_of_a_packed_checkpoint(
         out = tmp_path / f"out{value}"
         argv = [*args, "--output", str(out), "--override", f"threshold={threshold}"]
         assert main(argv) == 0, capsys.readouterr().err
+        masks = [np.array(Image.open(p)) for p in sorted(out.rglob("*_mask.tif"))]
+        assert len(masks) == 16 and all((m == value).all() for m in masks)
+
+
+def test_monai_bundle_inferring_loads_a_packed_checkpoint_without_a_network_file(
+    tmp_path: Path,
+) -> None:
+    """``python -m monai.bundle run inferring`` with train.json and inference.json only: the
+    packed file's members are averaged (mean probability 0.5, so all in at 0.3, out at 0.6)."""
+    from monai.bundle import run
+
+    generate_kaggle_3m(
+        tmp_path / "in", num_patients=1, shape=(32, 32, 16), seed=3, with_masks=False
+    )
+    packed = _packed_checkpoint(tmp_path)
+    configs = BUNDLE / "configs"
+    for threshold, value in ((0.3, 255), (0.6, 0)):
+        out = tmp_path / f"out{value}"
+        run(
+            "inferring",
+            meta_file=str(configs / "metadata.json"),
+            config_file=[str(configs / "train.json"), str(configs / "inference.json")],
+            bundle_root=str(BUNDLE),
+            dataset_dir=str(tmp_path / "in"),
+            output_dir=str(out),
+            checkpoint=str(packed),
+            channels=CHANNELS,
+            threshold=threshold,
+        )
         masks = [np.array(Image.open(p)) for p in sorted(out.rglob("*_mask.tif"))]
         assert len(masks) == 16 and all((m == value).all() for m in masks)

@@ -10,7 +10,12 @@ import torch
 from monai.networks.nets import UNet
 
 from tumorseg.checkpoint_meta import META_KEY, CheckpointMeta, checkpoint_with_meta, read_meta
-from tumorseg.networks import ENSEMBLE_SETTING, ProbabilityMeanEnsemble, pack_members
+from tumorseg.networks import (
+    ENSEMBLE_SETTING,
+    ProbabilityMeanEnsemble,
+    ensemble_of_checkpoint,
+    pack_members,
+)
 from tumorseg.training.checkpoint import load_network_weights
 
 
@@ -147,3 +152,21 @@ def test_pack_bad_members_are_named(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["a.pt", "wide.pt", "u8.pt", "p0.pt", "p1.pt", "out.pt"]
     )
+
+
+def test_ensemble_of_checkpoint_wraps_only_for_a_packed_file(tmp_path: Path) -> None:
+    a, b = _unet(0), _unet(1)
+    single = _save(a, tmp_path / "a.pt", _meta())
+    plain = _save(b, tmp_path / "b.pt", None)
+    packed = tmp_path / "packed.pt"
+    pack_members([single, _save(b, tmp_path / "b2.pt", _meta()), plain], packed)
+
+    net = _unet(5)
+    wrapped = ensemble_of_checkpoint(net, packed)
+    assert isinstance(wrapped, ProbabilityMeanEnsemble) and len(wrapped.members) == 3
+    load_network_weights(wrapped, packed)  # every key fits
+    # Already the ensemble, a single model's file, plain weights, a missing file: unchanged
+    # (the loader then names a file that is missing or does not fit).
+    assert ensemble_of_checkpoint(wrapped, packed) is wrapped
+    for path in (single, plain, tmp_path / "missing.pt"):
+        assert ensemble_of_checkpoint(net, path) is net

@@ -109,6 +109,7 @@ from tumorseg.inference.settings import (
     root_cause,
     split_after_loading,
 )
+from tumorseg.networks import ensemble_of_checkpoint
 from tumorseg.training.checkpoint import load_network_weights
 
 __all__ = [
@@ -256,6 +257,7 @@ class Predictor:
                 )
         self.checkpoint = Path(checkpoint) if checkpoint else None
         if self.checkpoint is not None:
+            network = ensemble_of_checkpoint(network, self.checkpoint)
             load_network_weights(
                 network,
                 self.checkpoint,

@@ -17,7 +17,12 @@ The network choice of the bundle is a config file: ``configs/networks/*.json``.
 
 from __future__ import annotations
 
-from tumorseg.networks.ensemble import ENSEMBLE_SETTING, ProbabilityMeanEnsemble, pack_members
+from tumorseg.networks.ensemble import (
+    ENSEMBLE_SETTING,
+    ProbabilityMeanEnsemble,
+    ensemble_of_checkpoint,
+    pack_members,
+)
 from tumorseg.networks.finetune import (
     ENCODER_PREFIXES,
     FreezeEncoder,
@@ -67,6 +72,7 @@ __all__ = [
     "MobileNetV2Encoder",
     "PretrainedMismatchError",
     "ProbabilityMeanEnsemble",
+    "ensemble_of_checkpoint",
     "ResEncUNet",
     "TransUNet",
     "autocast_dtype",

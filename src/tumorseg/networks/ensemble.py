@@ -9,6 +9,8 @@
   the 25 MB a bundle may commit. The file's description names ``<member network>_ensemble``,
   the bundle's ``configs/networks/`` file that builds it, so ``tumorseg infer`` picks it with
   no option.
+* :func:`ensemble_of_checkpoint`: a config's one-member network made the ensemble a packed
+  file holds, so a predictor built from the bundle's own network loads it too.
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tumorseg.checkpoint_meta import CheckpointMeta, checkpoint_with_meta, load_checkpoint, meta_of
+from tumorseg.checkpoint_meta import (
+    CheckpointMeta,
+    checkpoint_with_meta,
+    load_checkpoint,
+    meta_of,
+    read_meta,
+)
 from tumorseg.io import atomic_path
 from tumorseg.networks.pretrained import weights_of
 
 __all__ = [
     "ENSEMBLE_SETTING",
     "ProbabilityMeanEnsemble",
+    "ensemble_of_checkpoint",
     "pack_members",
 ]
 
@@ -151,6 +160,28 @@ def pack_members(
     with atomic_path(output) as tmp:
         torch.save(checkpoint_with_meta({"network": packed}, packed_meta), tmp)
     return packed_meta
+
+
+def ensemble_of_checkpoint(network: nn.Module, checkpoint: str | os.PathLike[str]) -> nn.Module:
+    """``network`` as the member of the ensemble a packed checkpoint holds, else unchanged.
+
+    Lets a config that builds one member (``python -m monai.bundle run inferring`` with the
+    bundle's own network) load a :func:`pack_members` file without its network file.
+
+    Args:
+        network: the network the config built.
+        checkpoint: the weights to load next; a missing file is left to the loader to report.
+
+    Returns:
+        A :class:`ProbabilityMeanEnsemble` of copies of ``network`` when ``checkpoint`` says it
+        holds that many members and ``network`` is not one already; ``network`` otherwise.
+    """
+    path = Path(checkpoint).expanduser()
+    if isinstance(network, ProbabilityMeanEnsemble) or not path.is_file():
+        return network
+    meta = read_meta(path)
+    members = meta.network_settings.get(ENSEMBLE_SETTING) if meta is not None else None
+    return network if members is None else ProbabilityMeanEnsemble(network, int(members))
 
 
 def _shared_meta(paths: Sequence[Path], metas: Sequence[CheckpointMeta | None]) -> CheckpointMeta:
