@@ -162,11 +162,14 @@ def test_ensemble_of_checkpoint_wraps_only_for_a_packed_file(tmp_path: Path) -> 
     pack_members([single, _save(b, tmp_path / "b2.pt", _meta()), plain], packed)
 
     net = _unet(5)
-    wrapped = ensemble_of_checkpoint(net, packed)
+    wrapped = ensemble_of_checkpoint(net, read_meta(packed))
     assert isinstance(wrapped, ProbabilityMeanEnsemble) and len(wrapped.members) == 3
     load_network_weights(wrapped, packed)  # every key fits
-    # Already the ensemble, a single model's file, plain weights, a missing file: unchanged
-    # (the loader then names a file that is missing or does not fit).
-    assert ensemble_of_checkpoint(wrapped, packed) is wrapped
-    for path in (single, plain, tmp_path / "missing.pt"):
-        assert ensemble_of_checkpoint(net, path) is net
+    # Already the ensemble, a single model's file, plain weights: unchanged.
+    assert ensemble_of_checkpoint(wrapped, read_meta(packed)) is wrapped
+    for path in (single, plain):
+        assert ensemble_of_checkpoint(net, read_meta(path)) is net
+    # The loader does it on request, reading the file once, and returns what it loaded.
+    loaded = load_network_weights(_unet(6), packed, packed_members=True)
+    assert isinstance(loaded, ProbabilityMeanEnsemble) and len(loaded.members) == 3
+    assert load_network_weights(net, single, packed_members=True) is net

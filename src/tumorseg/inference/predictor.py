@@ -109,7 +109,6 @@ from tumorseg.inference.settings import (
     root_cause,
     split_after_loading,
 )
-from tumorseg.networks import ensemble_of_checkpoint
 from tumorseg.training.checkpoint import load_network_weights
 
 __all__ = [
@@ -257,10 +256,10 @@ class Predictor:
                 )
         self.checkpoint = Path(checkpoint) if checkpoint else None
         if self.checkpoint is not None:
-            network = ensemble_of_checkpoint(network, self.checkpoint)
-            load_network_weights(
+            network = load_network_weights(
                 network,
                 self.checkpoint,
+                packed_members=True,
                 settings=network_settings,
                 hint="pass the same ones (e.g. --override ID=VALUE, a network file such as "
                 "networks/<name>.json) or the matching --checkpoint",

@@ -30,7 +30,6 @@ from tumorseg.checkpoint_meta import (
     checkpoint_with_meta,
     load_checkpoint,
     meta_of,
-    read_meta,
 )
 from tumorseg.io import atomic_path
 from tumorseg.networks.pretrained import weights_of
@@ -162,7 +161,7 @@ def pack_members(
     return packed_meta
 
 
-def ensemble_of_checkpoint(network: nn.Module, checkpoint: str | os.PathLike[str]) -> nn.Module:
+def ensemble_of_checkpoint(network: nn.Module, meta: CheckpointMeta | None) -> nn.Module:
     """``network`` as the member of the ensemble a packed checkpoint holds, else unchanged.
 
     Lets a config that builds one member (``python -m monai.bundle run inferring`` with the
@@ -170,18 +169,16 @@ def ensemble_of_checkpoint(network: nn.Module, checkpoint: str | os.PathLike[str
 
     Args:
         network: the network the config built.
-        checkpoint: the weights to load next; a missing file is left to the loader to report.
+        meta: the description of the checkpoint to load next (None for plain weights).
 
     Returns:
-        A :class:`ProbabilityMeanEnsemble` of copies of ``network`` when ``checkpoint`` says it
+        A :class:`ProbabilityMeanEnsemble` of copies of ``network`` when ``meta`` says the file
         holds that many members and ``network`` is not one already; ``network`` otherwise.
     """
-    path = Path(checkpoint).expanduser()
-    if isinstance(network, ProbabilityMeanEnsemble) or not path.is_file():
-        return network
-    meta = read_meta(path)
     members = meta.network_settings.get(ENSEMBLE_SETTING) if meta is not None else None
-    return network if members is None else ProbabilityMeanEnsemble(network, int(members))
+    if members is None or isinstance(network, ProbabilityMeanEnsemble):
+        return network
+    return ProbabilityMeanEnsemble(network, int(members))
 
 
 def _shared_meta(paths: Sequence[Path], metas: Sequence[CheckpointMeta | None]) -> CheckpointMeta:

@@ -28,6 +28,7 @@ from tumorseg.checkpoint_meta import (
     meta_of,
 )
 from tumorseg.io import atomic_path
+from tumorseg.networks import ensemble_of_checkpoint
 from tumorseg.ranks import is_rank0
 
 __all__ = [
@@ -85,6 +86,7 @@ def load_network_weights(
     *,
     settings: str = "",
     hint: str = "pass the same settings (--override ...) or the matching --checkpoint",
+    packed_members: bool = False,
 ) -> torch.nn.Module:
     """Load a bundle checkpoint into ``network``; every key must fit. Returns the network.
 
@@ -96,6 +98,9 @@ def load_network_weights(
         path: the checkpoint.
         settings: the network settings to name in an error (e.g. ``"filters=[...]"``).
         hint: what to do when the weights do not fit.
+        packed_members: a file of :func:`tumorseg.networks.pack_members` is loaded into an
+            ensemble of copies of ``network`` (:func:`tumorseg.networks.ensemble_of_checkpoint`),
+            which is returned: use the return value. Off, ``network`` itself is loaded.
 
     Raises:
         FileNotFoundError: no such file; the message says how to get one.
@@ -109,6 +114,8 @@ def load_network_weights(
             "for a synthetic model) or pass the weights with --checkpoint"
         )
     obj = load_checkpoint(path, map_location="cpu")
+    if packed_members:
+        network = ensemble_of_checkpoint(network, meta_of(obj, source=f"checkpoint {path}"))
     state = network_state_dict(obj)
     own = network.state_dict()
     missing = sorted(set(own) - set(state))
