@@ -21,6 +21,7 @@ from tumorseg.data.lgg import LGGDatasetError
 from tumorseg.data.synthetic_lgg import generate_kaggle_3m
 from tumorseg.inference import Predictor
 from tumorseg.inference.lgg import segment_kaggle_3m_folder
+from tumorseg.networks import pack_members
 from tumorseg.transforms import SliceIntensityd
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "lgg_flair_segmentation_2d"
@@ -82,6 +83,11 @@ def _common(work: Path, **more: Any) -> dict[str, Any]:
     }
 
 
+def _eval_metrics(out: Path) -> dict[str, float]:
+    with open(out / "metrics.csv") as fh:
+        return {row[0]: float(row[1]) for row in csv.reader(fh)}
+
+
 def test_one_epoch_training_writes_checkpoints_and_scores(work: Path) -> None:
     assert (work / "models" / "model.pt").is_file()
     assert (work / "models" / "checkpoint_latest.pt").is_file()
@@ -96,8 +102,7 @@ def test_evaluation_scores_per_slice_and_per_patient(work: Path) -> None:
     out = work / "eval"
     overrides = _common(work, dataset_dir=work / "kaggle_3m", output_dir=out)
     _run(_cli("evaluating", ["train.json", "evaluate.json"], overrides), work)
-    with open(out / "metrics.csv") as fh:
-        metrics = {row[0]: float(row[1]) for row in csv.reader(fh)}
+    metrics = _eval_metrics(out)
     assert set(METRICS) <= set(metrics)
     assert all(0.0 <= metrics[m] <= 1.0 for m in METRICS)
     with open(out / "patient_dice.csv") as fh:
@@ -107,6 +112,21 @@ def test_evaluation_scores_per_slice_and_per_patient(work: Path) -> None:
     assert len(patients) == 2 and len(slices) == 2 * SHAPE[2]
     mean = np.mean([float(p["dice"]) for p in patients])
     assert mean == pytest.approx(metrics["val_mean_dice"], abs=1e-5)
+
+
+def test_evaluating_loads_a_packed_checkpoint_without_a_network_file(work: Path) -> None:
+    """``run evaluating`` with train.json and evaluate.json only: a packed file of two copies
+    of the trained model averages two equal probabilities, so it scores what the model does."""
+    packed = work / "packed_models"
+    pack_members([work / "models" / "model.pt"] * 2, packed / "model.pt")
+    scores = {}
+    for name, ckpt_dir in (("single", work / "models"), ("packed", packed)):
+        out = work / f"eval_{name}"
+        overrides = _common(work, dataset_dir=work / "kaggle_3m", output_dir=out, ckpt_dir=ckpt_dir)
+        _run(_cli("evaluating", ["train.json", "evaluate.json"], overrides), work)
+        scores[name] = _eval_metrics(out)
+    for metric in METRICS:
+        assert scores["packed"][metric] == pytest.approx(scores["single"][metric], abs=1e-6)
 
 
 def test_folder_inference_writes_masks_in_the_same_layout(work: Path) -> None:
