@@ -98,10 +98,22 @@ def test_one_epoch_training_writes_checkpoints_and_scores(work: Path) -> None:
     assert run  # the shared MLflow handler logged the run
 
 
-def test_evaluation_scores_per_slice_and_per_patient(work: Path) -> None:
-    out = work / "eval"
-    overrides = _common(work, dataset_dir=work / "kaggle_3m", output_dir=out)
+def _evaluate(work: Path, ckpt_dir: Path, out: Path) -> dict[str, float]:
+    """``run evaluating`` (train.json + evaluate.json) of ``ckpt_dir``'s model.pt; its metrics."""
+    overrides = _common(work, dataset_dir=work / "kaggle_3m", output_dir=out, ckpt_dir=ckpt_dir)
     _run(_cli("evaluating", ["train.json", "evaluate.json"], overrides), work)
+    return _eval_metrics(out)
+
+
+@pytest.fixture(scope="module")
+def evaluated(work: Path) -> Path:
+    """The trained model's evaluation folder (one evaluation for the tests that read it)."""
+    _evaluate(work, work / "models", work / "eval")
+    return work / "eval"
+
+
+def test_evaluation_scores_per_slice_and_per_patient(evaluated: Path) -> None:
+    out = evaluated
     metrics = _eval_metrics(out)
     assert set(METRICS) <= set(metrics)
     assert all(0.0 <= metrics[m] <= 1.0 for m in METRICS)
@@ -114,19 +126,17 @@ def test_evaluation_scores_per_slice_and_per_patient(work: Path) -> None:
     assert mean == pytest.approx(metrics["val_mean_dice"], abs=1e-5)
 
 
-def test_evaluating_loads_a_packed_checkpoint_without_a_network_file(work: Path) -> None:
+def test_evaluating_loads_a_packed_checkpoint_without_a_network_file(
+    work: Path, evaluated: Path
+) -> None:
     """``run evaluating`` with train.json and evaluate.json only: a packed file of two copies
     of the trained model averages two equal probabilities, so it scores what the model does."""
     packed = work / "packed_models"
     pack_members([work / "models" / "model.pt"] * 2, packed / "model.pt")
-    scores = {}
-    for name, ckpt_dir in (("single", work / "models"), ("packed", packed)):
-        out = work / f"eval_{name}"
-        overrides = _common(work, dataset_dir=work / "kaggle_3m", output_dir=out, ckpt_dir=ckpt_dir)
-        _run(_cli("evaluating", ["train.json", "evaluate.json"], overrides), work)
-        scores[name] = _eval_metrics(out)
+    scores = _evaluate(work, packed, work / "eval_packed")
+    single = _eval_metrics(evaluated)
     for metric in METRICS:
-        assert scores["packed"][metric] == pytest.approx(scores["single"][metric], abs=1e-6)
+        assert scores[metric] == pytest.approx(single[metric], abs=1e-6)
 
 
 def test_folder_inference_writes_masks_in_the_same_layout(work: Path) -> None:
