@@ -113,13 +113,12 @@ def evaluated(work: Path) -> Path:
 
 
 def test_evaluation_scores_per_slice_and_per_patient(evaluated: Path) -> None:
-    out = evaluated
-    metrics = _eval_metrics(out)
+    metrics = _eval_metrics(evaluated)
     assert set(METRICS) <= set(metrics)
     assert all(0.0 <= metrics[m] <= 1.0 for m in METRICS)
-    with open(out / "patient_dice.csv") as fh:
+    with open(evaluated / "patient_dice.csv") as fh:
         patients = list(csv.DictReader(fh))
-    with open(out / "slice_dice.csv") as fh:
+    with open(evaluated / "slice_dice.csv") as fh:
         slices = list(csv.DictReader(fh))
     assert len(patients) == 2 and len(slices) == 2 * SHAPE[2]
     mean = np.mean([float(p["dice"]) for p in patients])
